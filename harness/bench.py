@@ -64,35 +64,39 @@ def bench_runtime(model_name: str, batches: Sequence[int], dtypes: Sequence[str]
     records: list[RuntimeRecord] = []
     bar = tqdm(total=2 * len(dtypes) * len(batches), desc="bench runtime", unit="run")
     for dtype in dtypes:
-        lm: LoadedModel = load_model(model_name, dtype=dtype)
+        lm = load_model(model_name, dtype=dtype)
         hf = AutoModelForCausalLM.from_pretrained(lm.folder, dtype=DTYPES[dtype]).eval()
-        prompt = lm.tokenizer(BENCH_PROMPT)["input_ids"]
         for batch in batches:
-            ids, mask = left_pad([prompt] * batch, lm.pad_token_id)
-
-            def run_rad():
-                return greedy_generate(lm.model, ids, mask, new_tokens, stop_at_eos=False)
-
-            @torch.inference_mode()
-            def run_hf():
-                return hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                   min_new_tokens=new_tokens, do_sample=False,
-                                   pad_token_id=lm.pad_token_id)
-
-            hf_tokens = run_hf()[:, ids.shape[1]:].tolist()
-            same = run_rad().tokens == hf_tokens
-            for impl, fn, wbytes in (("hf", run_hf, _weight_bytes(hf)),
-                                     ("rad", run_rad, _weight_bytes(lm.model))):
-                t, runs = _median_time(fn, repeats)
-                records.append(RuntimeRecord(
-                    impl, dtype, batch, new_tokens, len(prompt), batch * new_tokens / t,
-                    [batch * new_tokens / r for r in runs], wbytes,
-                    same if impl == "rad" else None))
-                bar.update()
+            records += _bench_batch(lm, hf, dtype, batch, new_tokens, repeats)
+            bar.update(2)
             tqdm.write(_summary_line(records[-2:]))
-        del hf, lm
     bar.close()
     return records
+
+
+def _bench_batch(lm: LoadedModel, hf, dtype: str, batch: int, new_tokens: int,
+                 repeats: int) -> list[RuntimeRecord]:
+    prompt = lm.tokenizer(BENCH_PROMPT)["input_ids"]
+    ids, mask = left_pad([prompt] * batch, lm.pad_token_id)
+
+    def run_rad():
+        return greedy_generate(lm.model, ids, mask, new_tokens, stop_at_eos=False)
+
+    @torch.inference_mode()
+    def run_hf():
+        return hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=lm.pad_token_id)
+
+    same = run_rad().tokens == run_hf()[:, ids.shape[1]:].tolist()
+    out = []
+    for impl, fn, model in (("hf", run_hf, hf), ("rad", run_rad, lm.model)):
+        t, runs = _median_time(fn, repeats)
+        out.append(RuntimeRecord(
+            impl, dtype, batch, new_tokens, len(prompt), batch * new_tokens / t,
+            [batch * new_tokens / r for r in runs], _weight_bytes(model),
+            same if impl == "rad" else None))
+    return out
 
 
 def _summary_line(pair: list[RuntimeRecord]) -> str:

@@ -29,7 +29,8 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
     return values
 
 
@@ -124,13 +125,19 @@ def cmd_data(args) -> int:
         for path in data.fetch(tuple(args.tasks)):
             print(f"wrote {path}")
         return 0
+    _data_check()
+    return 0
+
+
+def _data_check() -> None:
+    """Print rows per task/split; raise the first problem as a one-line error."""
+    from harness import data
     rows = data.check()
-    for task, split, count, error in rows:
+    for task, split, count, _ in rows:
         print(f"{task:10s} {split:6s} {count if count is not None else '-':>6}")
     errors = [e for *_, e in rows if e]
     if errors:
         raise UserError(errors[0])
-    return 0
 
 
 def cmd_bench(args) -> int:
@@ -161,17 +168,13 @@ def _print_bench_table(result: dict) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from harness import data
     from harness.bench import as_json, bench_runtime, measure_stream_gbs
 
     teacher, batches, new_tokens = PROFILES[args.profile]
     out = args.out or Path("runs") / args.profile
     t0 = time.time()
     print(f"rad reproduce --profile {args.profile}: teacher {teacher}, run folder {out}")
-    for task, split, count, error in data.check():
-        if error:
-            raise UserError(error)
-        print(f"  data {task}/{split}: {count} rows")
+    _data_check()
     records = bench_runtime(teacher, batches, ["fp32", "bf16"], new_tokens)
     result = as_json(records, measure_stream_gbs(), teacher)
     _print_bench_table(result)

@@ -60,7 +60,7 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from an HF config dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
+        """From an HF config dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
         model_type = d.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedModelError(

@@ -42,7 +42,7 @@ def rename_hf_key(key: str) -> str | None:
 
 
 def convert_hf_state_dict(cfg: ModelConfig, hf_sd: dict[str, torch.Tensor]) -> dict:
-    """Return our state dict; raise WeightImportError unless every key and shape is accounted for."""
+    """Our state dict; WeightImportError unless every key and shape is accounted for."""
     expected = {k: tuple(shape) for k, shape in _shapes(cfg).items()}
     out, unknown = {}, []
     for key, tensor in hf_sd.items():
@@ -63,8 +63,9 @@ def convert_hf_state_dict(cfg: ModelConfig, hf_sd: dict[str, torch.Tensor]) -> d
         expected.pop("lm_head.weight")
     missing = sorted(set(expected) - set(out))
     if unknown or missing:
-        raise WeightImportError(f"unconsumed HF keys {unknown[:5]}, missing parameters {missing[:5]}"
-                                f" ({len(unknown)} unconsumed, {len(missing)} missing)")
+        raise WeightImportError(
+            f"unconsumed HF keys {unknown[:5]}, missing parameters {missing[:5]} "
+            f"({len(unknown)} unconsumed, {len(missing)} missing)")
     return out
 
 

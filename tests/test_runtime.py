@@ -195,7 +195,7 @@ def test_greedy_generate_matches_hf_generate():
     got = greedy_generate(ours, ids, mask, max_new_tokens=12, stop_at_eos=False).tokens
     assert got == ref
     # Each row alone (no padding) gives the same tokens as in the padded batch.
-    for row, expected in zip(rows, got):
+    for row, expected in zip(rows, got, strict=True):
         alone = greedy_generate(ours, torch.tensor([row]), max_new_tokens=12, stop_at_eos=False)
         assert alone.tokens[0] == expected
 
