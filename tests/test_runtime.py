@@ -6,61 +6,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_models import KINDS, TOL, VOCAB, ours_from_hf, pair
 
 from rad.config import ModelConfig, UnsupportedModelError
 from rad.generate import greedy_generate, left_pad
 from rad.model import set_weight_layout
-from rad.weights import WeightImportError, build_decoder, convert_hf_state_dict, load_decoder
-
-TOL = 1e-4
-VOCAB = 97
-
-
-def _tiny_hf(kind: str, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    common = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512)
-    if kind == "llama":
-        cfg, cls = LlamaConfig(**common, tie_word_embeddings=False), LlamaForCausalLM
-    elif kind == "llama-tied":
-        cfg, cls = LlamaConfig(**common, tie_word_embeddings=True), LlamaForCausalLM
-    elif kind == "llama3-rope":
-        cfg = LlamaConfig(**common, rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64})
-        cls = LlamaForCausalLM
-    elif kind == "qwen2":
-        cfg, cls = Qwen2Config(**common, tie_word_embeddings=True), Qwen2ForCausalLM
-    else:
-        raise ValueError(kind)
-    torch.manual_seed(seed)
-    hf = cls(cfg).eval()
-    if kind == "qwen2":  # random init zeroes biases; make them matter
-        with torch.no_grad():
-            for layer in hf.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                             layer.self_attn.v_proj):
-                    proj.bias.normal_(0, 0.5)
-    return hf
-
-
-def _ours(hf, dtype=torch.float32):
-    cfg = ModelConfig.from_hf(hf.config.to_dict())
-    return build_decoder(cfg, convert_hf_state_dict(cfg, hf.state_dict()), dtype=dtype)
-
-
-KINDS = ["llama", "llama-tied", "llama3-rope", "qwen2"]
-_MODELS: dict[str, tuple] = {}
-
-
-def pair(kind: str):
-    """(hf, ours) built once per kind (hypothesis reruns tests many times)."""
-    if kind not in _MODELS:
-        hf = _tiny_hf(kind)
-        _MODELS[kind] = (hf, _ours(hf))
-    return _MODELS[kind]
+from rad.weights import WeightImportError, convert_hf_state_dict, load_decoder
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -125,7 +76,7 @@ def test_save_and_load_folder(tmp_path):
 def test_weight_layouts_agree():
     """The in-major fast layout against nn.Linear's out-major layout (the slow reference)."""
     hf, _ = pair("qwen2")
-    model = _ours(hf)
+    model = ours_from_hf(hf)
     ids = torch.randint(0, VOCAB, (2, 16))
     with torch.no_grad():
         set_weight_layout(model, in_major=True)
@@ -241,7 +192,7 @@ def test_skipping_a_layer_acts_only_through_that_layer(layer):
         assert torch.equal(full_inputs[i], skip_inputs[i])
     assert not torch.allclose(full, skipped)
     # Reference: the same model with that layer's attention output zeroed (o_proj = 0).
-    ref_model = _ours(hf)
+    ref_model = ours_from_hf(hf)
     with torch.no_grad():
         ref_model.layers[layer].mixer.o_proj.weight.zero_()
         assert (ref_model(ids) - skipped).abs().max() <= TOL
@@ -275,7 +226,7 @@ def test_skip_with_cache_equals_skip_without():
 
 def test_bf16_runs_close_to_fp32():
     hf, fp32 = pair("llama")
-    bf16 = _ours(hf, dtype=torch.bfloat16)
+    bf16 = ours_from_hf(hf, dtype=torch.bfloat16)
     ids = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():
         a, b = fp32(ids), bf16(ids).float()

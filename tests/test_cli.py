@@ -1,0 +1,273 @@
+"""Tests for the `rad` command line: every command in-process through `main(argv)`, every user
+error as exit 2 and one line on stderr, and one run of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import rad.generate
+import rad.prompts
+from harness.cli import main
+from harness.teachers import TEACHERS, resolve_model_folder
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+GENERATE = ["generate", "--model", "tiny-random", "--prompt", "hello world",
+            "--max-new-tokens", "5"]
+
+
+@pytest.fixture(scope="session")
+def tiny_folder() -> Path:
+    """Build tiny-random in the environment's cache up front, so no test sees build output."""
+    return resolve_model_folder("tiny-random")
+
+
+@pytest.fixture
+def cli(capsys):
+    def run(*argv: str) -> SimpleNamespace:
+        rc = main(list(argv))
+        out, err = capsys.readouterr()
+        return SimpleNamespace(rc=rc, out=out, err=err)
+    return run
+
+
+@pytest.fixture
+def generate_calls(monkeypatch) -> list[SimpleNamespace]:
+    """Record each greedy_generate call the CLI makes (arguments and result)."""
+    calls: list[SimpleNamespace] = []
+    real = rad.generate.greedy_generate
+
+    def spy(model, input_ids, *args, **kwargs):
+        result = real(model, input_ids, *args, **kwargs)
+        calls.append(SimpleNamespace(model=model, input_ids=input_ids, args=args,
+                                     kwargs=kwargs, result=result))
+        return result
+
+    monkeypatch.setattr(rad.generate, "greedy_generate", spy)
+    return calls
+
+
+def one_error_line(err: str) -> str:
+    """stderr must be exactly one line, `rad: error: ...`."""
+    assert err.startswith("rad: error: "), err
+    assert err.endswith("\n") and err.count("\n") == 1 and "\r" not in err, err
+    return err
+
+
+def shared_data_dir() -> str:
+    return os.environ.get("RAD_DATA_DIR") or str(SHARED_DATA)
+
+
+# -- models and help -----------------------------------------------------------------------------
+def test_models_lists_registered_teachers(cli):
+    r = cli("models")
+    assert r.rc == 0
+    names = [line.split()[0] for line in r.out.splitlines() if line.strip()]
+    assert names == list(TEACHERS)
+    assert {"smollm2-135m-instruct", "tiny-random"} <= set(names)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--help"], ["generate", "models", "data", "bench", "reproduce"]),
+    (["bench", "runtime", "--help"], ["--model", "--batch", "--new-tokens", "--repeats",
+                                      "--json"]),
+])
+def test_help_exits_zero(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in expected:
+        assert word in out
+
+
+# -- generate ------------------------------------------------------------------------------------
+def test_generate_prints_the_completion(tiny_folder, cli, generate_calls):
+    from transformers import AutoTokenizer
+
+    r = cli(*GENERATE)
+    assert r.rc == 0
+    assert "rad: error" not in r.err
+    (call,) = generate_calls
+    assert call.model.dtype == torch.float32
+    tokens = call.result.tokens[0]
+    assert 1 <= len(tokens) <= 5
+    tok = AutoTokenizer.from_pretrained(tiny_folder)
+    assert r.out == tok.decode(tokens, skip_special_tokens=True) + "\n"
+    assert r.out.strip()
+    # Greedy: the same command prints the same text.
+    assert cli(*GENERATE).out == r.out
+
+
+def test_generate_chat_uses_the_template(tiny_folder, cli, generate_calls, monkeypatch):
+    rendered: list[str] = []
+    real = rad.prompts.render_prompt
+
+    def spy(tokenizer, text, chat):
+        rendered.append(real(tokenizer, text, chat))
+        return rendered[-1]
+
+    monkeypatch.setattr(rad.prompts, "render_prompt", spy)
+    r = cli(*GENERATE, "--chat")
+    assert r.rc == 0
+    assert r.out.endswith("\n")
+    (prompt,) = rendered
+    assert "hello world" in prompt and prompt != "hello world"
+    assert prompt.rstrip().endswith("assistant")  # the assistant's turn is opened
+    (call,) = generate_calls
+    assert 1 <= len(call.result.tokens[0]) <= 5
+
+
+def test_generate_bf16(tiny_folder, cli, generate_calls):
+    r = cli(*GENERATE, "--dtype", "bf16")
+    assert r.rc == 0
+    assert r.out.strip()
+    (call,) = generate_calls
+    assert call.model.dtype == torch.bfloat16
+
+
+def test_generate_skip(tiny_folder, cli, generate_calls):
+    r = cli(*GENERATE, "--skip", "0,1")
+    assert r.rc == 0
+    assert r.out.endswith("\n")
+    (call,) = generate_calls
+    assert call.kwargs["skip"] == frozenset({0, 1})
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--skip", "9"], ["--skip", "0..3", "9"]),
+    (["--skip", "1,1"], ["--skip", "distinct"]),
+    (["--dtype", "fp16"], ["fp16", "fp32", "bf16"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+    (["--prompt", ""], ["empty prompt"]),
+])
+def test_generate_bad_arguments(tiny_folder, cli, generate_calls, extra, words):
+    r = cli(*GENERATE, *extra)
+    assert r.rc == 2
+    assert r.out == ""
+    line = one_error_line(r.err)
+    for word in words:
+        assert word in line
+    assert generate_calls == []
+
+
+def test_generate_unknown_model(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAD_CACHE_DIR", str(tmp_path / "cache"))
+    r = cli("generate", "--model", "no-such-model", "--prompt", "hi")
+    assert r.rc == 2
+    assert r.out == ""
+    line = one_error_line(r.err)
+    assert "no-such-model" in line
+    for name in TEACHERS:
+        assert name in line
+    assert not (tmp_path / "cache").exists()
+
+
+def test_generate_unsupported_architecture(cli, tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64}))
+    r = cli("generate", "--model", str(folder), "--prompt", "hi")
+    assert r.rc == 2
+    line = one_error_line(r.err)
+    for word in ("bert", "llama", "qwen2", "mistral"):
+        assert word in line
+
+
+def test_generate_folder_without_config(cli, tmp_path):
+    r = cli("generate", "--model", str(tmp_path), "--prompt", "hi")
+    assert r.rc == 2
+    line = one_error_line(r.err)
+    assert "no config.json" in line and str(tmp_path) in line
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed `rad` script turns main()'s 2 into the process exit status."""
+    script = Path(sys.executable).with_name("rad")
+    exe = str(script) if script.exists() else shutil.which("rad")
+    assert exe, "the rad console script is not installed"
+    env = dict(os.environ, RAD_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([exe, "generate", "--model", "no-such-model", "--prompt", "hi"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "tiny-random" in one_error_line(proc.stderr)
+
+
+# -- data ------------------------------------------------------------------------------------------
+def test_data_check_shared_data(cli, monkeypatch):
+    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    r = cli("data", "check")
+    assert r.rc == 0, r.err
+    counts = {tuple(line.split()[:2]): line.split()[2] for line in r.out.splitlines()}
+    assert counts == {("gsm8k", "train"): "7473", ("gsm8k", "test"): "1319",
+                      ("math500", "test"): "500", ("humaneval", "test"): "164"}
+    assert r.err == ""
+
+
+def test_data_check_missing_data(cli, monkeypatch, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("RAD_DATA_DIR", str(empty))
+    monkeypatch.setenv("RAD_CACHE_DIR", str(tmp_path / "cache"))
+    r = cli("data", "check")
+    assert r.rc == 2
+    line = one_error_line(r.err)
+    assert str(empty / "gsm8k" / "train.jsonl") in line
+    assert "RAD_DATA_DIR" in line
+    assert "164" in r.out  # the bundled HumanEval is still counted
+    assert entries_of(empty) == [] and not (tmp_path / "cache").exists()  # never downloads
+
+
+def entries_of(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# -- bench -----------------------------------------------------------------------------------------
+def test_bench_runtime_json(tiny_folder, cli, tmp_path):
+    path = tmp_path / "out" / "bench.json"
+    r = cli("bench", "runtime", "--model", "tiny-random", "--batch", "1,2", "--new-tokens", "4",
+            "--dtype", "fp32", "--repeats", "1", "--json", str(path))
+    assert r.rc == 0, r.err
+    result = json.loads(path.read_text())
+    assert entries_of(path.parent) == ["bench.json"]
+    assert result["model"] == "tiny-random"
+    records = result["records"]
+    assert isinstance(records, list)
+    cells = sorted((rec["dtype"], rec["batch"], rec["impl"]) for rec in records)
+    assert cells == sorted((d, b, i) for d in ["fp32"] for b in [1, 2] for i in ["hf", "rad"])
+    for rec in records:
+        assert rec["tok_s"] > 0 and rec["new_tokens"] == 4 and rec["prompt_tokens"] > 0
+        if rec["impl"] == "rad":
+            assert rec["same_tokens_as_hf"] is True  # greedy tokens identical to HF's
+        else:
+            assert rec["same_tokens_as_hf"] is None
+    # The printed table has one row per record.
+    rows = [line.split() for line in r.out.splitlines()]
+    assert sum(1 for row in rows if row[:1] in (["rad"], ["hf"])) == len(records)
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--batch", "0"], "--batch"),
+    (["--new-tokens", "0"], "--new-tokens"),
+    (["--repeats", "0"], "--repeats"),
+    (["--dtype", "fp16"], "fp16"),
+])
+def test_bench_bad_arguments(cli, tmp_path, extra, word):
+    path = tmp_path / "bench.json"
+    r = cli("bench", "runtime", "--model", "tiny-random", "--new-tokens", "4", "--repeats", "1",
+            "--dtype", "fp32", "--json", str(path), *extra)
+    assert r.rc == 2
+    assert r.out == ""
+    assert word in one_error_line(r.err)
+    assert not path.exists()
