@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from harness.teachers import DTYPES, LoadedModel, load_model
+from harness.teachers import DTYPES, LoadedModel, load_model, resolve_model_folder
 from rad.generate import greedy_generate, left_pad
 
 BENCH_PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
@@ -61,6 +61,7 @@ def bench_runtime(model_name: str, batches: Sequence[int], dtypes: Sequence[str]
                   new_tokens: int, repeats: int = 3) -> list[RuntimeRecord]:
     from transformers import AutoModelForCausalLM
 
+    resolve_model_folder(model_name)  # bad names fail before the progress bar is drawn
     records: list[RuntimeRecord] = []
     bar = tqdm(total=2 * len(dtypes) * len(batches), desc="bench runtime", unit="run")
     for dtype in dtypes:

@@ -24,8 +24,8 @@ def ensure_writable_dir(path: Path) -> Path:
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
         probe.close()
     except OSError as e:
-        raise CacheError(f"cache dir {path} is not writable ({e.strerror}); set RAD_CACHE_DIR "
-                         "to a writable folder") from None
+        raise CacheError(f"folder {path} is not writable ({e.strerror}); for the cache, set "
+                         "RAD_CACHE_DIR to a writable folder") from None
     return path
 
 
@@ -57,7 +57,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CacheError(f"cannot write {path} ({e.strerror})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_file(path: Path) -> Path:
+    """Fail before a long run, not after it, when its output file cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise CacheError(f"output path {path} is a folder; give a file name")
+    ensure_writable_dir(path.parent)
+    return path

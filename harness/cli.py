@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cache import atomic_write_text
+from harness.cache import atomic_write_text, check_output_file
 from harness.errors import UserError
 
 PROFILES = {
@@ -38,6 +38,14 @@ def _str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that keeps the CLI's contract: one `rad: error:` line and exit code 2."""
+
+    def error(self, message: str):
+        print(f"rad: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _add_model_args(p: argparse.ArgumentParser, dtype_help: str = "fp32|bf16") -> None:
     p.add_argument("--model", required=True,
                    help="registered name (see 'rad models'), local HF folder, or hub id")
@@ -45,10 +53,11 @@ def _add_model_args(p: argparse.ArgumentParser, dtype_help: str = "fp32|bf16") -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rad", description="rad-harness: reproduce RAD (arXiv 2505.22135) beside its "
         "baselines on GSM8K, MATH-500 and HumanEval.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     g = sub.add_parser("generate", help="greedy completion of one prompt",
                        description="Greedy completion on the rad runtime. With --skip, the "
@@ -63,13 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list registered teachers")
 
     d = sub.add_parser("data", help="task data: check or fetch")
-    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION",
+                            parser_class=_Parser)
     dsub.add_parser("check", help="row counts per task; exit 2 naming what is missing")
     f = dsub.add_parser("fetch", help="download GSM8K and MATH-500 from the HF hub into the cache")
     f.add_argument("--tasks", type=_str_list, default=["gsm8k", "math500"])
 
     b = sub.add_parser("bench", help="benchmarks")
-    bsub = b.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    bsub = b.add_subparsers(dest="bench_command", required=True, metavar="WHAT",
+                            parser_class=_Parser)
     r = bsub.add_parser("runtime", help="greedy decode tok/s: rad runtime vs HF generate",
                         description="Median of --repeats timed runs after one warm-up, rad and "
                         "HF side by side on the same prompt and token count.")
@@ -144,10 +155,14 @@ def cmd_bench(args) -> int:
     from harness.bench import as_json, bench_runtime, measure_stream_gbs
     from harness.teachers import parse_dtype
 
+    if not args.dtype:
+        raise UserError("--dtype needs at least one of fp32, bf16")
     for d in args.dtype:
         parse_dtype(d)
     if not args.batch or min(args.batch) < 1 or args.new_tokens < 1 or args.repeats < 1:
         raise UserError("--batch, --new-tokens and --repeats must be positive")
+    if args.json:
+        check_output_file(args.json)
     records = bench_runtime(args.model, args.batch, args.dtype, args.new_tokens, args.repeats)
     result = as_json(records, measure_stream_gbs(), args.model)
     _print_bench_table(result)
@@ -172,6 +187,7 @@ def cmd_reproduce(args) -> int:
 
     teacher, batches, new_tokens = PROFILES[args.profile]
     out = args.out or Path("runs") / args.profile
+    check_output_file(out / "bench_runtime.json")
     t0 = time.time()
     print(f"rad reproduce --profile {args.profile}: teacher {teacher}, run folder {out}")
     _data_check()

@@ -114,9 +114,21 @@ def check_model_folder(folder: Path) -> ModelConfig:
         raise ModelError(f"{folder} is not a model folder (no config.json); expected a "
                          f"Llama-family HF folder ({', '.join(SUPPORTED_MODEL_TYPES)})")
     try:
-        return ModelConfig.from_hf(json.loads(config.read_text()))
-    except (UnsupportedModelError, json.JSONDecodeError, KeyError) as e:
+        d = json.loads(config.read_text())
+        if not isinstance(d, dict):
+            raise ValueError("config.json is not a JSON object")
+        return ModelConfig.from_hf(d)
+    except (ValueError, KeyError, TypeError, ArithmeticError) as e:  # incl. JSON/Unicode errors
         raise ModelError(f"{folder} is not a supported causal LM: {e}") from None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(f"{folder} has no tokenizer ({', '.join(_TOKENIZER_FILES)}); save the "
+                         "tokenizer next to the weights (tokenizer.save_pretrained)")
 
 
 def _hub_folder(repo_id: str) -> Path:
@@ -176,6 +188,7 @@ def load_model(name_or_dir: str, dtype: str = "fp32", device: str = "cpu") -> Lo
     torch_dtype = parse_dtype(dtype)
     folder = resolve_model_folder(name_or_dir)
     check_model_folder(folder)
+    check_tokenizer_files(folder)
     try:
         model = load_decoder(folder, dtype=torch_dtype, device=device)
     except (WeightImportError, UnsupportedModelError) as e:
