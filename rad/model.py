@@ -108,10 +108,15 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = Linear(cfg.hidden_size, cfg.q_width, bias=cfg.qkv_bias)
-        self.k_proj = Linear(cfg.hidden_size, cfg.kv_width, bias=cfg.qkv_bias)
-        self.v_proj = Linear(cfg.hidden_size, cfg.kv_width, bias=cfg.qkv_bias)
+        # One fused projection (one weight read, one kernel call per token).
+        # Order: [q | k | v] along the output dim; `split_qkv` is the only place that slices it.
+        self.qkv_widths = (cfg.q_width, cfg.kv_width, cfg.kv_width)
+        self.qkv_proj = Linear(cfg.hidden_size, sum(self.qkv_widths), bias=cfg.qkv_bias)
         self.o_proj = Linear(cfg.q_width, cfg.hidden_size, bias=cfg.o_bias)
+
+    def split_qkv(self, t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, ...]:
+        """q, k, v parts of the fused projection's output (dim=-1) or weight/bias (dim=0)."""
+        return t.split(self.qkv_widths, dim=dim)
 
     def allocate_state(self, batch: int, max_len: int, dtype, device) -> KVState:
         shape = (batch, self.n_kv_heads, max_len, self.head_dim)
@@ -120,9 +125,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, state: KVState | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.split_qkv(self.qkv_proj(x))
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # (B, heads, T, head_dim)
         q = q * ctx.cos + rotate_half(q) * ctx.sin
         k = k * ctx.cos + rotate_half(k) * ctx.sin
@@ -140,12 +146,13 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        # Order: [gate | up] along the output dim, fused for the same reason as qkv_proj.
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):

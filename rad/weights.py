@@ -1,8 +1,10 @@
 """Import Hugging Face Llama-family weights into `rad.model.Decoder`, accounting for every key.
 
-Names map one to one (HF `model.layers.N.self_attn.q_proj` -> ours `layers.N.mixer.q_proj`),
-no transposes are needed (both use nn.Linear's (out, in) layout), and the import fails loudly
-on any HF key left over, any parameter left unfilled, or any shape that differs.
+Names map one to one (HF `model.layers.N.self_attn.o_proj` -> ours `layers.N.mixer.o_proj`)
+except two fused projections, concatenated along the output dim: q/k/v -> `qkv_proj` and
+gate/up -> `gate_up_proj` (`FUSED` below). No transposes are needed (both use nn.Linear's
+(out, in) layout). The import fails loudly on any HF key left over, any parameter left unfilled,
+or any shape that differs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ _RULES = [
     (r"model\.layers\.(\d+)\.input_layernorm\.(weight)", r"layers.\1.mixer_norm.\2"),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.(weight)", r"layers.\1.mlp_norm.\2"),
 ]
+# Our fused parameter <- HF parts, in concatenation order (the model's split functions agree).
+FUSED = {"mixer.qkv_proj": ("q_proj", "k_proj", "v_proj"),
+         "mlp.gate_up_proj": ("gate_proj", "up_proj")}
 # Buffers some checkpoints carry that the runtime recomputes.
 _IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|model\.rotary_emb\..*")
 
@@ -43,8 +48,8 @@ def rename_hf_key(key: str) -> str | None:
 
 def convert_hf_state_dict(cfg: ModelConfig, hf_sd: dict[str, torch.Tensor]) -> dict:
     """Our state dict; WeightImportError unless every key and shape is accounted for."""
-    expected = {k: tuple(shape) for k, shape in _shapes(cfg).items()}
-    out, unknown = {}, []
+    expected = _part_shapes(cfg)
+    parts, unknown = {}, []
     for key, tensor in hf_sd.items():
         if _IGNORED.fullmatch(key):
             continue
@@ -55,23 +60,61 @@ def convert_hf_state_dict(cfg: ModelConfig, hf_sd: dict[str, torch.Tensor]) -> d
         if tuple(tensor.shape) != expected[ours]:
             raise WeightImportError(
                 f"{key}: shape {tuple(tensor.shape)} != expected {expected[ours]}")
-        out[ours] = tensor
+        parts[ours] = tensor
     if cfg.tie_word_embeddings:
-        head = out.pop("lm_head.weight", None)
-        if head is not None and not torch.equal(head, out.get("embed.weight", head)):
+        head = parts.pop("lm_head.weight", None)
+        if head is not None and not torch.equal(head, parts.get("embed.weight", head)):
             raise WeightImportError("tie_word_embeddings is set but lm_head differs from embed")
         expected.pop("lm_head.weight")
-    missing = sorted(set(expected) - set(out))
+    missing = sorted(set(expected) - set(parts))
     if unknown or missing:
         raise WeightImportError(
             f"unconsumed HF keys {unknown[:5]}, missing parameters {missing[:5]} "
             f"({len(unknown)} unconsumed, {len(missing)} missing)")
+    return _fuse(parts)
+
+
+def _fused_name(part_key: str) -> tuple[str, str] | None:
+    """`layers.3.mixer.k_proj.bias` -> (`layers.3.mixer.qkv_proj.bias`, `k_proj`)."""
+    for fused, members in FUSED.items():
+        module, fused_leaf = fused.split(".")
+        m = re.fullmatch(rf"(layers\.\d+\.{module})\.({'|'.join(members)})\.(weight|bias)",
+                         part_key)
+        if m:
+            return f"{m[1]}.{fused_leaf}.{m[3]}", m[2]
+    return None
+
+
+def _fuse(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, groups = {}, {}
+    for key, tensor in parts.items():
+        target = _fused_name(key)
+        if target is None:
+            out[key] = tensor
+        else:
+            groups.setdefault(target[0], {})[target[1]] = tensor
+    for fused_key, members in groups.items():
+        order = FUSED[".".join(fused_key.split(".")[2:4])]
+        out[fused_key] = torch.cat([members[name] for name in order], dim=0)
     return out
 
 
-def _shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+def _part_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of our parameters with the fused ones split back into their HF parts."""
     with torch.device("meta"):
-        return {k: v.shape for k, v in Decoder(cfg).state_dict().items()}
+        model = Decoder(cfg)
+    shapes = {}
+    for key, tensor in model.state_dict().items():
+        layer_module = ".".join(key.split(".")[2:4])  # e.g. "mixer.qkv_proj"
+        if key.startswith("layers.") and layer_module in FUSED:
+            prefix, leaf = ".".join(key.split(".")[:3]), key.split(".")[-1]
+            sizes = {"mixer.qkv_proj": (cfg.q_width, cfg.kv_width, cfg.kv_width),
+                     "mlp.gate_up_proj": (cfg.intermediate_size,) * 2}[layer_module]
+            for name, size in zip(FUSED[layer_module], sizes, strict=True):
+                shapes[f"{prefix}.{name}.{leaf}"] = (size, *tensor.shape[1:])
+        else:
+            shapes[key] = tuple(tensor.shape)
+    return shapes
 
 
 def build_decoder(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype=torch.float32,

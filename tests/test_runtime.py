@@ -62,6 +62,20 @@ def test_weight_import_accounts_for_every_key():
     wrong = {**sd, "model.norm.weight": torch.ones(7)}
     with pytest.raises(WeightImportError, match="shape"):
         convert_hf_state_dict(cfg, wrong)
+    k_wrong = {**sd, "model.layers.1.self_attn.k_proj.weight": torch.ones(17, 48)}
+    with pytest.raises(WeightImportError, match="k_proj.weight: shape"):
+        convert_hf_state_dict(cfg, k_wrong)
+
+
+def test_fused_projections_keep_hf_order():
+    hf, ours = pair("qwen2")
+    attn, hf_attn = ours.layers[1].mixer, hf.model.layers[1].self_attn
+    q, k, v = attn.split_qkv(attn.qkv_proj.weight, dim=0)
+    assert torch.equal(q, hf_attn.q_proj.weight) and torch.equal(v, hf_attn.v_proj.weight)
+    assert torch.equal(attn.split_qkv(attn.qkv_proj.bias, dim=0)[1], hf_attn.k_proj.bias)
+    gate, up = ours.layers[2].mlp.gate_up_proj.weight.chunk(2, dim=0)
+    assert torch.equal(gate, hf.model.layers[2].mlp.gate_proj.weight)
+    assert torch.equal(up, hf.model.layers[2].mlp.up_proj.weight)
 
 
 def test_save_and_load_folder(tmp_path):
@@ -81,10 +95,10 @@ def test_weight_layouts_agree():
     with torch.no_grad():
         set_weight_layout(model, in_major=True)
         fast = model(ids)
-        assert not model.layers[0].mixer.q_proj.weight.is_contiguous()
+        assert not model.layers[0].mixer.qkv_proj.weight.is_contiguous()
         set_weight_layout(model, in_major=False)
         ref = model(ids)
-        assert model.layers[0].mixer.q_proj.weight.is_contiguous()
+        assert model.layers[0].mixer.qkv_proj.weight.is_contiguous()
     assert (fast - ref).abs().max() <= 1e-5
 
 
