@@ -56,9 +56,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 and cast back before the weight, as HF Llama does (bit-level parity).
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Normalise in fp32 and cast back before the weight, as HF Llama does (bit-identical
+        # to its unfused pow/mean/rsqrt in fp32 and bf16; one kernel instead of five).
+        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * h.to(x.dtype)
 
 
@@ -109,7 +109,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # One fused projection (one weight read, one kernel call per token).
-        # Order: [q | k | v] along the output dim; `split_qkv` is the only place that slices it.
+        # Order: [q | k | v] along the output dim (`split_qkv`; forward splits the same order
+        # by heads, since q = n_heads * head_dim and k, v = n_kv_heads * head_dim).
         self.qkv_widths = (cfg.q_width, cfg.kv_width, cfg.kv_width)
         self.qkv_proj = Linear(cfg.hidden_size, sum(self.qkv_widths), bias=cfg.qkv_bias)
         self.o_proj = Linear(cfg.q_width, cfg.hidden_size, bias=cfg.o_bias)
@@ -125,13 +126,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, state: KVState | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.split_qkv(self.qkv_proj(x))
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        # (B, heads, T, head_dim)
-        q = q * ctx.cos + rotate_half(q) * ctx.sin
-        k = k * ctx.cos + rotate_half(k) * ctx.sin
+        qkv = self.qkv_proj(x).view(B, T, -1, self.head_dim)  # (B, T, H + 2*Hkv, head_dim)
+        # q and k are adjacent in the fused output: rotate both heads' worth in one go.
+        qk, v = qkv.split((self.n_heads + self.n_kv_heads, self.n_kv_heads), dim=2)
+        qk = qk.transpose(1, 2)  # (B, H + Hkv, T, head_dim)
+        qk = qk * ctx.cos + rotate_half(qk) * ctx.sin
+        q, k = qk.split((self.n_heads, self.n_kv_heads), dim=1)
+        v = v.transpose(1, 2)  # (B, Hkv, T, head_dim)
         if state is not None:
             end = ctx.start + T
             state.k[:, :, ctx.start:end] = k
