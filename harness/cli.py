@@ -69,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip", type=_int_list, default=[],
                    help="comma-separated layer indices whose attention is skipped")
 
+    sp = sub.add_parser("speculate", help="greedy self-speculative decoding with a skip-draft",
+                        description="The draft is the model with --skip layers' attention "
+                        "bypassed; the full model verifies. Prints the completion (identical "
+                        "to plain greedy) and the acceptance stats.")
+    _add_model_args(sp)
+    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--max-new-tokens", type=int, default=128)
+    sp.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    sp.add_argument("--skip", type=_int_list, default=[],
+                    help="comma-separated layer indices whose attention the draft skips")
+    sp.add_argument("--gamma", type=int, default=4, help="most tokens drafted per verify step")
+    sp.add_argument("--stop-threshold", type=float, default=None,
+                    help="adaptive stop: end a draft when its top-1 probability falls below")
+
     sub.add_parser("models", help="list registered teachers")
 
     d = sub.add_parser("data", help="task data: check or fetch")
@@ -114,6 +128,32 @@ def cmd_generate(args) -> int:
     out = greedy_generate(lm.model, ids, mask, args.max_new_tokens, lm.eos_token_ids,
                           skip=frozenset(args.skip), progress=True)
     print(lm.tokenizer.decode(out.tokens[0], skip_special_tokens=True))
+    return 0
+
+
+def cmd_speculate(args) -> int:
+    from harness.teachers import load_model
+    from rad.prompts import encode_prompts
+    from rad.speculative import self_speculative_generate
+
+    if args.max_new_tokens < 1 or args.gamma < 1:
+        raise UserError("--max-new-tokens and --gamma must be >= 1")
+    if args.stop_threshold is not None and not 0.0 <= args.stop_threshold <= 1.0:
+        raise UserError("--stop-threshold must be in [0, 1]")
+    lm = load_model(args.model, dtype=args.dtype)
+    _check_skip(args.skip, lm.model.cfg.n_layers)
+    try:
+        ids, _ = encode_prompts(lm.tokenizer, [args.prompt], args.chat, lm.pad_token_id)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    res = self_speculative_generate(lm.model, ids, args.skip, args.max_new_tokens, args.gamma,
+                                    lm.eos_token_ids, args.stop_threshold)
+    print(lm.tokenizer.decode(res.tokens, skip_special_tokens=True))
+    s = res.stats
+    print(f"[speculate] skip={sorted(args.skip)} gamma={args.gamma} drafted={s.drafted} "
+          f"accepted={s.accepted} acceptance={s.acceptance_rate:.3f} "
+          f"mean_accepted_length={s.mean_accepted_length:.2f} verify_steps={s.verify_steps} "
+          f"draft_s={s.draft_s:.2f} verify_s={s.verify_s:.2f} tok/s={s.tokens_per_s:.1f}")
     return 0
 
 
@@ -202,8 +242,8 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "models": cmd_models, "data": cmd_data,
-            "bench": cmd_bench, "reproduce": cmd_reproduce}
+COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "models": cmd_models,
+            "data": cmd_data, "bench": cmd_bench, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

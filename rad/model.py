@@ -24,10 +24,11 @@ from rad.config import ModelConfig
 class Linear(nn.Linear):
     """nn.Linear whose weight may be stored in-major (a transposed view of an (in, out) buffer).
 
-    Why: on these AVX2 CPUs a batch-1 fp32 matmul streams an (in, out)-contiguous weight at
-    ~13 GB/s against ~9 GB/s for nn.Linear's (out, in) layout (measured in the foundation
-    issue); bf16 is the other way round. `x @ W.t()` runs the fast kernel for either layout,
-    and the logical shape, state-dict values and autograd stay those of nn.Linear.
+    Why: on these AVX2 CPUs (MKL) a batch-1 fp32 matmul streams an (in, out)-contiguous weight
+    at ~10-13 GB/s against ~7-9 GB/s for nn.Linear's (out, in) layout; at batch 8, and in bf16
+    at any batch, the (out, in) layout wins (foundation issue measurements). `x @ W.t()` runs
+    the fast kernel for either layout, and the logical shape, state-dict values and autograd
+    stay those of nn.Linear.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,9 +45,9 @@ def set_weight_layout(model: nn.Module, in_major: bool) -> None:
                 mod.weight.data = w.t().contiguous().t() if in_major else w.contiguous()
 
 
-def fast_layout_is_in_major(dtype: torch.dtype, device) -> bool:
-    """The weight layout that decodes fastest: in-major only for fp32 on CPU (see Linear)."""
-    return torch.device(device).type == "cpu" and dtype == torch.float32
+def fast_layout_is_in_major(dtype: torch.dtype, device, batch: int = 1) -> bool:
+    """The weight layout that decodes fastest: in-major only for fp32 batch-1 on CPU."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and batch == 1
 
 
 class RMSNorm(nn.Module):
@@ -213,6 +214,10 @@ class Decoder(nn.Module):
         if self.cfg.sliding_window is not None and max_len > self.cfg.sliding_window:
             raise ValueError(f"context {max_len} exceeds the model's sliding window "
                              f"{self.cfg.sliding_window}, which this runtime does not implement")
+        # Inference at a known batch size: store weights in the layout its matmuls read fastest.
+        in_major = fast_layout_is_in_major(self.dtype, self.device, batch)
+        if in_major == self.lm_head.weight.is_contiguous():  # contiguous means out-major
+            set_weight_layout(self, in_major)
         states = [blk.mixer.allocate_state(batch, max_len, self.dtype, self.device)
                   for blk in self.layers]
         return InferenceCache.allocate(states, batch, max_len, self.device)

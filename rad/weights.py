@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from rad.config import ModelConfig
-from rad.model import Decoder, fast_layout_is_in_major, set_weight_layout
+from rad.model import Decoder
 
 _RULES = [
     (r"model\.embed_tokens\.(weight)", r"embed.\1"),
@@ -128,7 +128,6 @@ def build_decoder(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype=torch.flo
     model.load_state_dict(sd, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    set_weight_layout(model, fast_layout_is_in_major(dtype, device))
     return model.eval().requires_grad_(False)
 
 

@@ -100,6 +100,13 @@ def test_weight_layouts_agree():
         ref = model(ids)
         assert model.layers[0].mixer.qkv_proj.weight.is_contiguous()
     assert (fast - ref).abs().max() <= 1e-5
+    # Decoding picks the layout by batch size; the values never change.
+    model.allocate_cache(1, 8)
+    assert not model.layers[0].mlp.down_proj.weight.is_contiguous()
+    model.allocate_cache(3, 8)
+    assert model.layers[0].mlp.down_proj.weight.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(model(ids), ref)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -64,3 +64,15 @@ def test_bad_arguments():
         self_speculative_generate(model, torch.zeros(1, 3, dtype=torch.long), (), 4, gamma=0)
     with pytest.raises(ValueError, match="out of range"):
         self_speculative_generate(model, torch.zeros(1, 3, dtype=torch.long), {99}, 4)
+
+
+def test_speculate_cli_prints_completion_and_stats(capsys):
+    from harness.cli import main
+
+    assert main(["speculate", "--model", "tiny-random", "--prompt", "hello world",
+                 "--skip", "1,3", "--gamma", "3", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("[speculate] skip=[1, 3] gamma=3")
+    assert "acceptance=" in out[-1] and "mean_accepted_length=" in out[-1]
+    assert main(["speculate", "--model", "tiny-random", "--prompt", "x", "--skip", "4"]) == 2
+    assert main(["speculate", "--model", "tiny-random", "--prompt", "x", "--gamma", "0"]) == 2
