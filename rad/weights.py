@@ -122,7 +122,8 @@ def build_decoder(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype=torch.flo
     """Instantiate on the meta device (no random init) and adopt the given tensors."""
     with torch.device("meta"):
         model = Decoder(cfg)
-    sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+    # copy=True: never alias the caller's tensors (e.g. a live HF model's parameters).
+    sd = {k: v.to(device=device, dtype=dtype, copy=True) for k, v in sd.items()}
     if cfg.tie_word_embeddings:
         sd["lm_head.weight"] = sd["embed.weight"]
     model.load_state_dict(sd, strict=True, assign=True)

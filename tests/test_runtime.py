@@ -291,3 +291,12 @@ def test_embedded_teacher_chat_answers(teacher):
                                teacher.pad_token_id)
     out = greedy_generate(teacher.model, ids, mask, 20, teacher.eos_token_ids)
     assert "Paris" in teacher.tokenizer.decode(out.tokens[0])
+
+
+def test_import_does_not_alias_the_source_weights():
+    hf, _ = pair("llama")
+    model = ours_from_hf(hf)
+    before = hf.model.layers[0].self_attn.o_proj.weight.clone()
+    with torch.no_grad():
+        model.layers[0].mixer.o_proj.weight.zero_()
+    assert torch.equal(hf.model.layers[0].self_attn.o_proj.weight, before)
