@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stop-threshold", type=float, default=None,
                     help="adaptive stop: end a draft when its top-1 probability falls below")
 
+    _add_selection_parsers(sub)
+
     sub.add_parser("models", help="list registered teachers")
 
     d = sub.add_parser("data", help="task data: check or fetch")
@@ -109,6 +111,54 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     rp.add_argument("--out", type=Path, help="run folder (default runs/<profile>)")
     return parser
+
+
+def _add_spec_args(p: argparse.ArgumentParser, prompts: str, tokens: int) -> None:
+    _add_model_args(p)
+    p.add_argument("--prompts", default=prompts,
+                   help=f"prompt set SOURCE:N from training data (default {prompts})")
+    p.add_argument("--gamma", type=int, default=4, help="most tokens drafted per verify step")
+    p.add_argument("--max-new-tokens", type=int, default=tokens)
+    p.add_argument("--stop-threshold", type=float, default=None,
+                   help="adaptive stop: end a draft when its top-1 probability falls below")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def _add_selection_parsers(sub) -> None:
+    dg = sub.add_parser("diagnose", help="per-layer redundancy profile (RAD step 1)",
+                        description="Skip each attention layer alone in the self-speculative "
+                        "draft and record acceptance rate and mean accepted length per layer: "
+                        "OUT/redundancy.json and OUT/redundancy.png.")
+    _add_spec_args(dg, "gsm8k-train:16", 64)
+
+    se = sub.add_parser("select", help="Bayesian choice of k layers to replace (RAD step 2)",
+                        description="optuna over a relaxed mask in [0,1]^L, top-k to a skip "
+                        "set, maximising the self-speculative objective. Writes "
+                        "OUT/selection.json; the study lives in --storage (default "
+                        "OUT/study.sqlite3), so rerunning the same command resumes it.")
+    _add_spec_args(se, "gsm8k-train:16", 64)
+    se.add_argument("--k", type=int, required=True, help="number of attention layers to skip")
+    se.add_argument("--trials", type=int, default=40, help="completed trials wanted in total")
+    se.add_argument("--objective", default="accepted-length",
+                    choices=["accepted-length", "tokens-per-s"],
+                    help="accepted-length (default: ranks sets like throughput at fixed k, "
+                    "without timing noise) or tokens-per-s (the paper's)")
+    se.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.sqlite3)")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--redundancy", type=Path,
+                    help="redundancy.json from 'rad diagnose': adds its top-k as a warm start")
+
+    cs = sub.add_parser("compare-sets", help="acceptance and speedup of skip sets side by side",
+                        description="Measures the Bayesian set (--selection), the uniform "
+                        "interleave, the profile's top-k (--redundancy) and --random seeded "
+                        "random sets against plain greedy decoding in one run.")
+    _add_spec_args(cs, "gsm8k-train:16", 64)
+    cs.add_argument("--k", type=int, required=True)
+    cs.add_argument("--selection", type=Path, help="selection.json from 'rad select'")
+    cs.add_argument("--redundancy", type=Path, help="redundancy.json from 'rad diagnose'")
+    cs.add_argument("--random", type=int, default=3, help="number of random sets")
+    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--repeats", type=int, default=3)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -154,6 +204,62 @@ def cmd_speculate(args) -> int:
           f"accepted={s.accepted} acceptance={s.acceptance_rate:.3f} "
           f"mean_accepted_length={s.mean_accepted_length:.2f} verify_steps={s.verify_steps} "
           f"draft_s={s.draft_s:.2f} verify_s={s.verify_s:.2f} tok/s={s.tokens_per_s:.1f}")
+    return 0
+
+
+def _workload(args):
+    from harness.selection_runs import load_workload
+    from rad.redundancy import SpecSettings
+
+    if args.stop_threshold is not None and not 0.0 <= args.stop_threshold <= 1.0:
+        raise UserError("--stop-threshold must be in [0, 1]")
+    settings = SpecSettings(args.gamma, args.max_new_tokens, args.stop_threshold)
+    return load_workload(args.model, args.prompts, settings, args.dtype)
+
+
+def cmd_diagnose(args) -> int:
+    from harness.cache import ensure_writable_dir
+    from harness.prompt_sets import parse_spec
+    from harness.selection_runs import run_diagnose
+
+    parse_spec(args.prompts)  # bad input fails before the model loads
+    ensure_writable_dir(args.out)
+    path = run_diagnose(_workload(args), args.out)
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from harness.prompt_sets import parse_spec
+    from harness.selection_runs import run_select
+
+    parse_spec(args.prompts)
+    if args.k < 1:
+        raise UserError(f"--k must be >= 1; got {args.k}")
+    path = run_select(_workload(args), args.k, args.trials, args.objective, args.seed,
+                      args.out, args.storage, args.redundancy)
+    result = json.loads(path.read_text())
+    print(f"layers {result['layers']} score {result['score']:.3f} ({result['objective']}, "
+          f"{result['trials']} trials); wrote {path}")
+    return 0
+
+
+def cmd_compare_sets(args) -> int:
+    from harness.prompt_sets import parse_spec
+    from harness.selection_runs import comparison_sets, read_json, run_compare
+
+    parse_spec(args.prompts)
+    if args.repeats < 1 or args.random < 0:
+        raise UserError("--repeats must be >= 1 and --random >= 0")
+    selection = read_json(args.selection, "selection") if args.selection else None
+    redundancy = read_json(args.redundancy, "redundancy profile") if args.redundancy else None
+    w = _workload(args)
+    n_layers = w.lm.model.cfg.n_layers
+    if not 0 < args.k <= n_layers:
+        raise UserError(f"--k must be in 1..{n_layers}; got {args.k}")
+    sets = comparison_sets(n_layers, args.k, selection, redundancy, args.random, args.seed)
+    path = run_compare(w, sets, args.repeats, args.out)
+    print(path.read_text())
     return 0
 
 
@@ -242,7 +348,8 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "models": cmd_models,
+COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "diagnose": cmd_diagnose,
+            "select": cmd_select, "compare-sets": cmd_compare_sets, "models": cmd_models,
             "data": cmd_data, "bench": cmd_bench, "reproduce": cmd_reproduce}
 
 

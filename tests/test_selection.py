@@ -1,0 +1,148 @@
+"""Selectors, top-k, the resumable Bayesian search, and the diagnose/select commands."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from baselines.selectors import SELECTORS, SelectionRequest, get_selector
+from harness.cli import main
+from rad.selection import SearchSpec, bayesian_select, mask_for, top_k
+
+
+@given(n=st.integers(1, 64), data=st.data())
+def test_selectors_return_k_distinct_layers_deterministically(n, data):
+    k = data.draw(st.integers(1, n))
+    seed = data.draw(st.integers(0, 10**6))
+    for name in ("uniform", "random"):
+        layers = get_selector(name)(SelectionRequest(n, k, seed))
+        assert len(layers) == k == len(set(layers))
+        assert all(0 <= i < n for i in layers) and layers == sorted(layers)
+        assert layers == get_selector(name)(SelectionRequest(n, k, seed))
+    assert get_selector("all")(SelectionRequest(n, n, seed)) == list(range(n))
+
+
+def test_uniform_is_the_mambainllama_interleave():
+    assert get_selector("uniform")(SelectionRequest(30, 15)) == list(range(1, 30, 2))
+    assert get_selector("uniform")(SelectionRequest(8, 2)) == [2, 6]
+
+
+def test_random_depends_on_seed_and_bad_k_is_refused():
+    a = get_selector("random")(SelectionRequest(30, 15, seed=0))
+    b = get_selector("random")(SelectionRequest(30, 15, seed=1))
+    assert a != b
+    for k in (0, 31, -1):
+        with pytest.raises(ValueError, match="k must be"):
+            SelectionRequest(30, k)
+    with pytest.raises(ValueError, match="every layer"):
+        get_selector("all")(SelectionRequest(30, 15))
+    with pytest.raises(KeyError, match="unknown selector"):
+        get_selector("nope")
+    assert "rad" in {*SELECTORS, "rad"} and callable(get_selector("rad"))
+
+
+# Values on a coarse grid (ties included) so the rescalings below stay strictly monotone in floats.
+@given(x=st.lists(st.integers(-40, 40).map(lambda i: i / 8), min_size=1, max_size=40),
+       data=st.data())
+def test_top_k_is_invariant_to_monotone_rescaling(x, data):
+    k = data.draw(st.integers(1, len(x)))
+    chosen = top_k(x, k)
+    assert len(chosen) == k == len(set(chosen))
+    for f in (lambda v: 3 * v + 1, lambda v: math.exp(v), lambda v: v ** 3):
+        assert top_k([f(v) for v in x], k) == chosen
+    # every chosen entry is >= every unchosen one
+    rest = [x[i] for i in range(len(x)) if i not in chosen]
+    assert not rest or min(x[i] for i in chosen) >= max(rest)
+
+
+def test_mask_for_warm_start_round_trips():
+    point = mask_for([2, 5, 7], 10)
+    assert top_k([point[f"x{i}"] for i in range(10)], 3) == [2, 5, 7]
+
+
+def _score(skip: frozenset) -> float:
+    # A fixed landscape with one best set: layers 1, 4, 6 are the "redundant" ones.
+    return sum(1.0 if i in (1, 4, 6) else -0.1 * i for i in skip)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_search_resumes_to_the_same_number_of_trials(tmp_path):
+    calls: list[frozenset] = []
+
+    def evaluate(skip):
+        calls.append(skip)
+        return _score(skip)
+
+    spec = SearchSpec(8, 3, trials=12, seed=0, storage=f"sqlite:///{tmp_path}/a.db",
+                      study_name="s")
+    full = bayesian_select(evaluate, spec, {"uniform": [1, 4, 6]}, progress=False)
+    assert full["trials"] == 12
+    assert len(calls) == full["distinct_sets_measured"] == len(set(calls))  # no re-measuring
+    assert full["layers"] == [1, 4, 6] and full["score"] == pytest.approx(3.0)
+    assert full["warm_starts"]["uniform"] == {"layers": [1, 4, 6], "score": pytest.approx(3.0)}
+
+    killed_spec = SearchSpec(8, 3, 12, 0, f"sqlite:///{tmp_path}/b.db", "s")
+    n = {"calls": 0}
+
+    def dies_on_fifth(skip):
+        n["calls"] += 1
+        if n["calls"] == 5:
+            raise Interrupt
+        return _score(skip)
+
+    with pytest.raises(Interrupt):
+        bayesian_select(dies_on_fifth, killed_spec, {"uniform": [0, 1, 2]}, progress=False)
+    resumed = bayesian_select(_score, killed_spec, {"uniform": [0, 1, 2]}, progress=False)
+    assert resumed["trials"] == full["trials"] == 12
+    assert len(resumed["layers"]) == 3
+
+
+# -- commands on the tiny random teacher -----------------------------------------------------
+TINY = ["--model", "tiny-random", "--prompts", "gsm8k-train:2", "--max-new-tokens", "6"]
+
+
+def test_diagnose_and_select_write_their_files(tmp_path):
+    out = tmp_path / "run"
+    assert main(["diagnose", *TINY, "--out", str(out)]) == 0
+    profile = json.loads((out / "redundancy.json").read_text())
+    assert [e["layer"] for e in profile["layers"]] == [0, 1, 2, 3]
+    assert all(0 <= e["acceptance_rate"] <= 1 for e in profile["layers"])
+    assert (out / "redundancy.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(profile["prompt_sha256"]) == 64
+
+    args = ["select", *TINY, "--k", "2", "--trials", "3", "--out", str(out),
+            "--redundancy", str(out / "redundancy.json")]
+    assert main(args) == 0
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["k"] == 2 and len(sel["layers"]) == 2 == len(set(sel["layers"]))
+    assert sel["trials"] == 3 and set(sel["warm_starts"]) == {"uniform", "profile-top-k"}
+    assert sel["prompt_sha256"] == profile["prompt_sha256"]
+    args[args.index("--trials") + 1] = "5"  # the same study, resumed and extended
+    assert main(args) == 0
+    assert json.loads((out / "selection.json").read_text())["trials"] == 5
+
+
+@pytest.mark.parametrize("bad", [
+    ["--k", "0"], ["--k", "5"], ["--k", "2", "--prompts", "gsm8k-train:0"],
+    ["--k", "2", "--prompts", "nope:3"], ["--k", "2", "--trials", "0"],
+])
+def test_select_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, bad):
+    out = tmp_path / "out"
+    assert main(["select", *TINY, "--out", str(out), *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rad: error:")
+    assert not out.exists()
+
+
+def test_select_unwritable_output_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["select", *TINY, "--k", "2", "--out", str(blocker / "out")]) == 2
+    assert "not writable" in capsys.readouterr().err
