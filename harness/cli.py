@@ -17,7 +17,8 @@ PROFILES = {
     "cpu": ("smollm2-135m-instruct", [1, 8], 64),
 }
 NOT_COVERED_YET = [
-    "self-speculative diagnosis and Bayesian layer selection (issue 3)",
+    "self-speculative diagnosis and Bayesian layer selection: available as 'rad diagnose', "
+    "'rad select' and 'rad compare-sets', not yet run by 'reproduce' (issue 7 wires them in)",
     "Mamba2 mixer and hybrid models (issue 4)",
     "redundancy-aware distillation and baselines (issue 5)",
     "GSM8K / MATH-500 / HumanEval evaluation (issue 6)",
@@ -62,26 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="greedy completion of one prompt",
                        description="Greedy completion on the rad runtime. With --skip, the "
                        "listed layers' attention is bypassed (the self-speculative draft).")
-    _add_model_args(g)
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    g.add_argument("--skip", type=_int_list, default=[],
-                   help="comma-separated layer indices whose attention is skipped")
+    _add_prompt_args(g)
 
     sp = sub.add_parser("speculate", help="greedy self-speculative decoding with a skip-draft",
                         description="The draft is the model with --skip layers' attention "
                         "bypassed; the full model verifies. Prints the completion (identical "
                         "to plain greedy) and the acceptance stats.")
-    _add_model_args(sp)
-    sp.add_argument("--prompt", required=True)
-    sp.add_argument("--max-new-tokens", type=int, default=128)
-    sp.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    sp.add_argument("--skip", type=_int_list, default=[],
-                    help="comma-separated layer indices whose attention the draft skips")
-    sp.add_argument("--gamma", type=int, default=4, help="most tokens drafted per verify step")
-    sp.add_argument("--stop-threshold", type=float, default=None,
-                    help="adaptive stop: end a draft when its top-1 probability falls below")
+    _add_prompt_args(sp)
+    _add_draft_args(sp)
 
     _add_selection_parsers(sub)
 
@@ -113,14 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """The flags `generate` and `speculate` share."""
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--skip", type=_int_list, default=[],
+                   help="comma-separated layer indices whose attention is skipped (the draft)")
+
+
+def _add_draft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gamma", type=int, default=4, help="most tokens drafted per verify step")
+    p.add_argument("--stop-threshold", type=float, default=None,
+                   help="adaptive stop: end a draft when its top-1 probability falls below")
+
+
 def _add_spec_args(p: argparse.ArgumentParser, prompts: str, tokens: int) -> None:
     _add_model_args(p)
     p.add_argument("--prompts", default=prompts,
                    help=f"prompt set SOURCE:N from training data (default {prompts})")
-    p.add_argument("--gamma", type=int, default=4, help="most tokens drafted per verify step")
     p.add_argument("--max-new-tokens", type=int, default=tokens)
-    p.add_argument("--stop-threshold", type=float, default=None,
-                   help="adaptive stop: end a draft when its top-1 probability falls below")
+    _add_draft_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
 
 
@@ -162,9 +165,9 @@ def _add_selection_parsers(sub) -> None:
 
 
 # -- commands ------------------------------------------------------------------------------
-def cmd_generate(args) -> int:
+def _model_and_prompt(args):
+    """Load --model and encode --prompt; validate --skip against the model."""
     from harness.teachers import load_model
-    from rad.generate import greedy_generate
     from rad.prompts import encode_prompts
 
     if args.max_new_tokens < 1:
@@ -175,27 +178,31 @@ def cmd_generate(args) -> int:
         ids, mask = encode_prompts(lm.tokenizer, [args.prompt], args.chat, lm.pad_token_id)
     except ValueError as e:
         raise UserError(str(e)) from None
+    return lm, ids, mask
+
+
+def cmd_generate(args) -> int:
+    from rad.generate import greedy_generate
+
+    lm, ids, mask = _model_and_prompt(args)
     out = greedy_generate(lm.model, ids, mask, args.max_new_tokens, lm.eos_token_ids,
                           skip=frozenset(args.skip), progress=True)
     print(lm.tokenizer.decode(out.tokens[0], skip_special_tokens=True))
     return 0
 
 
-def cmd_speculate(args) -> int:
-    from harness.teachers import load_model
-    from rad.prompts import encode_prompts
-    from rad.speculative import self_speculative_generate
-
-    if args.max_new_tokens < 1 or args.gamma < 1:
-        raise UserError("--max-new-tokens and --gamma must be >= 1")
+def _check_draft_args(args) -> None:
+    if args.gamma < 1:
+        raise UserError("--gamma must be >= 1")
     if args.stop_threshold is not None and not 0.0 <= args.stop_threshold <= 1.0:
         raise UserError("--stop-threshold must be in [0, 1]")
-    lm = load_model(args.model, dtype=args.dtype)
-    _check_skip(args.skip, lm.model.cfg.n_layers)
-    try:
-        ids, _ = encode_prompts(lm.tokenizer, [args.prompt], args.chat, lm.pad_token_id)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+
+
+def cmd_speculate(args) -> int:
+    from rad.speculative import self_speculative_generate
+
+    _check_draft_args(args)
+    lm, ids, _ = _model_and_prompt(args)
     res = self_speculative_generate(lm.model, ids, args.skip, args.max_new_tokens, args.gamma,
                                     lm.eos_token_ids, args.stop_threshold)
     print(lm.tokenizer.decode(res.tokens, skip_special_tokens=True))
@@ -211,8 +218,7 @@ def _workload(args):
     from harness.selection_runs import load_workload
     from rad.redundancy import SpecSettings
 
-    if args.stop_threshold is not None and not 0.0 <= args.stop_threshold <= 1.0:
-        raise UserError("--stop-threshold must be in [0, 1]")
+    _check_draft_args(args)
     settings = SpecSettings(args.gamma, args.max_new_tokens, args.stop_threshold)
     return load_workload(args.model, args.prompts, settings, args.dtype)
 

@@ -87,11 +87,11 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
     _check_k(k, n_layers)
     if trials < 1:
         raise UserError("--trials must be >= 1")
+    if storage is not None and storage.startswith("sqlite:///"):
+        check_output_file(Path(storage.removeprefix("sqlite:///")))
     path = check_output_file(out / "selection.json")
     if storage is None:
         storage = f"sqlite:///{(out / 'study.sqlite3').resolve()}"
-    elif storage.startswith("sqlite:///"):
-        check_output_file(Path(storage.removeprefix("sqlite:///")))
     warm = {"uniform": get_selector("uniform")(SelectionRequest(n_layers, k, seed))}
     if redundancy is not None:
         warm["profile-top-k"] = profile_top_k(read_json(redundancy, "redundancy profile"), k)

@@ -146,3 +146,14 @@ def test_select_unwritable_output_is_refused(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["select", *TINY, "--k", "2", "--out", str(blocker / "out")]) == 2
     assert "not writable" in capsys.readouterr().err
+
+
+def test_select_unwritable_storage_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "out"
+    args = ["select", *TINY, "--k", "2", "--out", str(out),
+            "--storage", f"sqlite:///{blocker}/study.db"]
+    assert main(args) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert not out.exists()
