@@ -128,6 +128,18 @@ def test_diagnose_and_select_write_their_files(tmp_path):
     assert main(args) == 0
     assert json.loads((out / "selection.json").read_text())["trials"] == 5
 
+    assert main(["compare-sets", *TINY, "--k", "2", "--out", str(out), "--repeats", "2",
+                 "--random", "2", "--selection", str(out / "selection.json"),
+                 "--redundancy", str(out / "redundancy.json")]) == 0
+    cmp = json.loads((out / "selection_comparison.json").read_text())
+    names = [r["set"] for r in cmp["rows"]]
+    assert names == ["bayesian", "uniform", "profile-top-k", "random-0", "random-1"]
+    for r in cmp["rows"]:
+        assert len(r["speedup_runs"]) == 2 and r["speedup_vs_greedy"] > 0
+        assert 0 <= r["acceptance_rate"] <= 1 and len(r["layers"]) == 2
+    table = (out / "selection_comparison.md").read_text()
+    assert table.count("\n| ") == 1 + len(names)  # header + one row per set
+
 
 @pytest.mark.parametrize("bad", [
     ["--k", "0"], ["--k", "5"], ["--k", "2", "--prompts", "gsm8k-train:0"],
