@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from harness.cache import cache_dir
-from harness.errors import CacheError, DataError, UserError
+from harness.cache import atomic_write_text, cache_dir
+from harness.errors import DataError, UserError
 
 DATA_HINT = (
     "set RAD_DATA_DIR to a folder holding gsm8k/ and math500/ (e.g. ../shared/data) "
@@ -309,25 +308,8 @@ def _download(task: TaskData, split: str) -> list[dict[str, Any]]:
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(row) + "\n" for row in rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as err:
-        raise CacheError(
-            f"cannot write {path}: {err.strerror or _one_line(err)}; "
-            "set RAD_CACHE_DIR (or the fetch destination) to a writable folder"
-        ) from err
+    """Readers never see half a file (temp sibling + rename, in harness.cache)."""
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
