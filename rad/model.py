@@ -1,16 +1,16 @@
 """A compact Llama-family decoder: RMSNorm, RoPE (default/linear/llama3), GQA, SwiGLU, optional
 q/k/v bias, tied embeddings, a preallocated inference cache and per-layer *mixer* slots.
 
-Each block is `h + mixer(norm(h))` then `h + mlp(norm(h))`. The mixer is attention today; the
-Mamba2 issue adds a second kind behind the same protocol (`allocate_state` + `forward(x, ctx,
-state)`). `forward(..., skip=...)` drops the mixer sub-layer of the listed blocks (the residual
-passes through, the MLP still runs): that is the self-speculative draft of RAD.
+Each block is `h + mixer(norm(h))` then `h + mlp(norm(h))`. A mixer is attention or Mamba2
+(`rad.mamba2`), both behind one protocol: `allocate_state` + `forward(x, ctx, state)`, and a
+state with `rollback` and `nbytes`. `forward(..., skip=...)` drops the mixer sub-layer of the
+listed blocks (the residual passes through, the MLP still runs): the self-speculative draft.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,35 +19,8 @@ from torch import nn
 
 from rad.cache import InferenceCache, KVState
 from rad.config import ModelConfig
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose weight may be stored in-major (a transposed view of an (in, out) buffer).
-
-    Why: on these AVX2 CPUs (MKL) a batch-1 fp32 matmul streams an (in, out)-contiguous weight
-    at ~10-13 GB/s against ~7-9 GB/s for nn.Linear's (out, in) layout; at batch 8, and in bf16
-    at any batch, the (out, in) layout wins (foundation issue measurements). `x @ W.t()` runs
-    the fast kernel for either layout, and the logical shape, state-dict values and autograd
-    stay those of nn.Linear.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x @ self.weight.t()
-        return out if self.bias is None else out + self.bias
-
-
-def set_weight_layout(model: nn.Module, in_major: bool) -> None:
-    """Re-store every Linear weight in-major (True) or out-major (False), values unchanged."""
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, Linear):
-                w = mod.weight.data
-                mod.weight.data = w.t().contiguous().t() if in_major else w.contiguous()
-
-
-def fast_layout_is_in_major(dtype: torch.dtype, device, batch: int = 1) -> bool:
-    """The weight layout that decodes fastest: in-major only for fp32 batch-1 on CPU."""
-    return torch.device(device).type == "cpu" and dtype == torch.float32 and batch == 1
+from rad.linear import Linear, fast_layout_is_in_major, set_weight_layout
+from rad.mamba2 import Mamba2, Mamba2Sizes
 
 
 class RMSNorm(nn.Module):
@@ -120,7 +93,9 @@ class Attention(nn.Module):
         """q, k, v parts of the fused projection's output (dim=-1) or weight/bias (dim=0)."""
         return t.split(self.qkv_widths, dim=dim)
 
-    def allocate_state(self, batch: int, max_len: int, dtype, device) -> KVState:
+    def allocate_state(self, batch: int, max_len: int, dtype, device,
+                       max_rollback: int = 0) -> KVState:
+        del max_rollback  # K/V slots past a rollback are simply overwritten
         shape = (batch, self.n_kv_heads, max_len, self.head_dim)
         return KVState(torch.zeros(shape, dtype=dtype, device=device),
                        torch.zeros(shape, dtype=dtype, device=device))
@@ -171,12 +146,28 @@ class Block(nn.Module):
         return h + self.mlp(self.mlp_norm(h))
 
 
+MIXER_KINDS = ("attention", "mamba2")
+
+
+def make_mixer(kind: str, cfg: ModelConfig, ssm: Mamba2Sizes | None) -> nn.Module:
+    if kind == "attention":
+        return Attention(cfg)
+    if kind == "mamba2":
+        return Mamba2(ssm or Mamba2Sizes.from_model_config(cfg))
+    raise ValueError(f"unknown mixer kind {kind!r} (known: {', '.join(MIXER_KINDS)})")
+
+
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_kinds: Sequence[str] | None = None,
+                 ssm: Mamba2Sizes | None = None):
+        """layer_kinds: one mixer kind per layer (default all attention); ssm: Mamba2 sizes."""
         super().__init__()
         self.cfg = cfg
+        kinds = list(layer_kinds or ["attention"] * cfg.n_layers)
+        if len(kinds) != cfg.n_layers:
+            raise ValueError(f"{len(kinds)} layer kinds for {cfg.n_layers} layers")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg, Attention(cfg)) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, make_mixer(k, cfg, ssm)) for k in kinds)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
@@ -210,7 +201,13 @@ class Decoder(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    def allocate_cache(self, batch: int, max_len: int) -> InferenceCache:
+    @property
+    def layer_kinds(self) -> list[str]:
+        return [blk.mixer.kind for blk in self.layers]
+
+    def allocate_cache(self, batch: int, max_len: int, max_rollback: int = 0) -> InferenceCache:
+        """State for `batch` rows of up to `max_len` tokens; `max_rollback`: how far back a
+        rollback may go (speculative decoding; only SSM states need it)."""
         if self.cfg.sliding_window is not None and max_len > self.cfg.sliding_window:
             raise ValueError(f"context {max_len} exceeds the model's sliding window "
                              f"{self.cfg.sliding_window}, which this runtime does not implement")
@@ -218,7 +215,7 @@ class Decoder(nn.Module):
         in_major = fast_layout_is_in_major(self.dtype, self.device, batch)
         if in_major == self.lm_head.weight.is_contiguous():  # contiguous means out-major
             set_weight_layout(self, in_major)
-        states = [blk.mixer.allocate_state(batch, max_len, self.dtype, self.device)
+        states = [blk.mixer.allocate_state(batch, max_len, self.dtype, self.device, max_rollback)
                   for blk in self.layers]
         return InferenceCache.allocate(states, batch, max_len, self.device)
 

@@ -84,7 +84,8 @@ def self_speculative_generate(
     skip = frozenset(skip)
     stats = SpecStats()
     t_start = time.perf_counter()
-    cache = model.allocate_cache(1, input_ids.shape[1] + max_new_tokens + gamma + 1)
+    cache = model.allocate_cache(1, input_ids.shape[1] + max_new_tokens + gamma + 1,
+                                 max_rollback=gamma + 1)
     logits = model(input_ids.to(model.device), cache=cache, last_only=True)
     out = [int(logits[0, -1].argmax())]
     stats.verify_steps = 1

@@ -118,10 +118,22 @@ def _part_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def build_decoder(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype=torch.float32,
-                  device="cpu") -> Decoder:
-    """Instantiate on the meta device (no random init) and adopt the given tensors."""
+                  device="cpu", layer_kinds=None, ssm=None) -> Decoder:
+    """Instantiate on the meta device (no random init) and adopt the given tensors (our names;
+    `layer_kinds`/`ssm` as `Decoder` takes them, for hybrids)."""
     with torch.device("meta"):
-        model = Decoder(cfg)
+        model = Decoder(cfg, layer_kinds, ssm)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    missing, unknown = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if missing or unknown:
+        raise WeightImportError(f"weights do not fit the model: missing {missing[:3]}, "
+                                f"unexpected {unknown[:3]}")
+    bad = [k for k in expected if tuple(sd[k].shape) != expected[k]]
+    if bad:
+        raise WeightImportError(f"{bad[0]}: shape {tuple(sd[bad[0]].shape)} != "
+                                f"expected {expected[bad[0]]}")
     # copy=True: never alias the caller's tensors (e.g. a live HF model's parameters).
     sd = {k: v.to(device=device, dtype=dtype, copy=True) for k, v in sd.items()}
     if cfg.tie_word_embeddings:
@@ -143,7 +155,10 @@ def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
         raise WeightImportError(f"no *.safetensors weights in {folder}")
     sd: dict[str, torch.Tensor] = {}
     for name in files:
-        sd.update(load_file(str(folder / name)))
+        try:
+            sd.update(load_file(str(folder / name)))
+        except Exception as e:  # safetensors raises its own error type on corrupt headers/data
+            raise WeightImportError(f"cannot read {folder / name}: {e}") from None
     return sd
 
 

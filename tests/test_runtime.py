@@ -10,7 +10,7 @@ from tiny_models import KINDS, TOL, VOCAB, ours_from_hf, pair
 
 from rad.config import ModelConfig, UnsupportedModelError
 from rad.generate import greedy_generate, left_pad
-from rad.model import set_weight_layout
+from rad.linear import set_weight_layout
 from rad.weights import WeightImportError, convert_hf_state_dict, load_decoder
 
 
