@@ -19,7 +19,8 @@ PROFILES = {
 NOT_COVERED_YET = [
     "self-speculative diagnosis and Bayesian layer selection: available as 'rad diagnose', "
     "'rad select' and 'rad compare-sets', not yet run by 'reproduce' (issue 7 wires them in)",
-    "Mamba2 mixer and hybrid models (issue 4)",
+    "hybrid construction and throughput: available as 'rad hybrid build' and 'rad bench "
+    "throughput', not yet run by 'reproduce' (issue 7)",
     "redundancy-aware distillation and baselines (issue 5)",
     "GSM8K / MATH-500 / HumanEval evaluation (issue 6)",
     "method x seed matrix, leaderboard, gate (issue 7)",
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_draft_args(sp)
 
     _add_selection_parsers(sub)
+    _add_hybrid_parser(sub)
 
     sub.add_parser("models", help="list registered teachers")
 
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", type=_str_list, default=["fp32", "bf16"])
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--json", type=Path, help="write the records here")
+    _add_throughput_parser(bsub)
 
     rp = sub.add_parser("reproduce", help="the main job (what exists so far; see its output)")
     rp.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
@@ -162,6 +165,49 @@ def _add_selection_parsers(sub) -> None:
     cs.add_argument("--random", type=int, default=3, help="number of random sets")
     cs.add_argument("--seed", type=int, default=0)
     cs.add_argument("--repeats", type=int, default=3)
+
+
+def _add_hybrid_parser(sub) -> None:
+    from rad.hybrid import INITS
+
+    h = sub.add_parser("hybrid", help="attention -> Mamba2 hybrids (RAD step 3)")
+    hsub = h.add_subparsers(dest="hybrid_command", required=True, metavar="ACTION",
+                            parser_class=_Parser)
+    b = hsub.add_parser(
+        "build", help="replace attention layers by Mamba2 mixers and save the hybrid",
+        description="Turn the --layers attention sub-layers of --model into Mamba2 mixers sized "
+        "from them (MLPs and norms kept) and write a hybrid folder (config.json, "
+        "model.safetensors, tokenizer) that every 'rad' command loads with --model DIR. "
+        "Inits: " + "; ".join(f"{k}: {v[1]}" for k, v in INITS.items()) + ".")
+    _add_model_args(b)
+    b.add_argument("--layers", type=_int_list, required=True,
+                   help="comma-separated layer indices to replace (0-based)")
+    b.add_argument("--init", required=True, help=f"one of {', '.join(INITS)}")
+    b.add_argument("--seed", type=int, default=0, help="seed of the new parameters' init")
+    b.add_argument("--out", type=Path, required=True, help="hybrid folder to create (must not "
+                   "exist or be empty)")
+
+
+def _add_throughput_parser(bsub) -> None:
+    t = bsub.add_parser(
+        "throughput", help="prefill/decode tok/s, state bytes and peak memory per context/batch",
+        description="Times prefill and greedy decode of --model over --contexts x --batch "
+        "(warm-up, median of --repeats, min-max spread) and reports the inference-state bytes "
+        "and peak memory. --with-hybrids adds the model's 50%% uniform-interleave hybrid and its "
+        "full-SSM model (kqvo init; speed does not depend on the init), timed side by side.")
+    t.add_argument("--model", required=True, help="registered name, HF folder or hybrid folder")
+    t.add_argument("--dtype", default="fp32", help="fp32|bf16 (default fp32)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    t.add_argument("--contexts", type=_int_list, default=[512, 2048, 8192])
+    t.add_argument("--batch", type=_int_list, default=[1, 8])
+    t.add_argument("--new-tokens", type=int, default=16, help="decode steps per timed window")
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--prefill-max-tokens", type=int, default=16384,
+                   help="most tokens in one timed prefill (long contexts use fewer rows)")
+    t.add_argument("--with-hybrids", action="store_true",
+                   help="also time the 50%% hybrid and the full-SSM model built from --model")
+    t.add_argument("--json", type=Path, help="write the records here")
+    t.add_argument("--md", type=Path, help="write a markdown table here")
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -303,7 +349,17 @@ def _data_check() -> None:
         raise UserError(errors[0])
 
 
+def cmd_hybrid(args) -> int:
+    from harness.hybrids import build_hybrid_folder
+
+    build_hybrid_folder(args.model, args.layers, args.init, args.out, args.seed, args.dtype)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
+    if args.bench_command == "throughput":
+        return _bench_throughput(args)
     from harness.bench import as_json, bench_runtime, measure_stream_gbs
     from harness.teachers import parse_dtype
 
@@ -321,6 +377,46 @@ def cmd_bench(args) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0
+
+
+def _bench_throughput(args) -> int:
+    from harness import throughput
+    from harness.teachers import load_model
+
+    if not args.contexts or not args.batch or min(args.contexts + args.batch) < 1:
+        raise UserError("--contexts and --batch need positive integers")
+    if min(args.new_tokens, args.repeats, args.prefill_max_tokens) < 1:
+        raise UserError("--new-tokens, --repeats and --prefill-max-tokens must be >= 1")
+    if args.device not in ("cpu", "cuda"):
+        raise UserError(f"unknown --device {args.device!r}; use cpu or cuda")
+    if args.device == "cuda" and not torch_cuda_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    for path in (args.json, args.md):
+        if path:
+            check_output_file(path)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.with_hybrids and set(lm.model.layer_kinds) != {"attention"}:
+        raise UserError("--with-hybrids needs an all-attention model; "
+                        f"{args.model} already has Mamba2 layers")
+    models = (throughput.comparison_models(lm.model) if args.with_hybrids
+              else [(args.model, lm.model)])
+    records = throughput.bench_throughput(models, args.contexts, args.batch, args.new_tokens,
+                                          args.repeats, args.prefill_max_tokens)
+    settings = {k: getattr(args, k) for k in ("contexts", "batch", "new_tokens", "repeats",
+                                              "prefill_max_tokens", "with_hybrids")}
+    result = throughput.as_json(records, args.model, args.dtype, args.device, settings)
+    table = throughput.markdown(result)
+    print(table)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+    if args.md:
+        atomic_write_text(args.md, table)
+    return 0
+
+
+def torch_cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def _print_bench_table(result: dict) -> None:
@@ -356,7 +452,7 @@ def cmd_reproduce(args) -> int:
 
 COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "diagnose": cmd_diagnose,
             "select": cmd_select, "compare-sets": cmd_compare_sets, "models": cmd_models,
-            "data": cmd_data, "bench": cmd_bench, "reproduce": cmd_reproduce}
+            "data": cmd_data, "bench": cmd_bench, "hybrid": cmd_hybrid, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,7 +187,6 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def load_model(name_or_dir: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
-    from transformers import AutoTokenizer
     torch_dtype = parse_dtype(dtype)
     folder = resolve_model_folder(name_or_dir)
     check_model_folder(folder)
@@ -196,4 +195,18 @@ def load_model(name_or_dir: str, dtype: str = "fp32", device: str = "cpu") -> Lo
         model = load_model_folder(folder, dtype=torch_dtype, device=device)
     except (WeightImportError, UnsupportedModelError, HybridError) as e:
         raise ModelError(f"cannot load {folder}: {e}") from None
-    return LoadedModel(name_or_dir, folder, model, AutoTokenizer.from_pretrained(folder))
+    return LoadedModel(name_or_dir, folder, model, _load_tokenizer(folder))
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # AutoTokenizer also reads config.json; a hybrid's (model_type rad_hybrid) is unknown to
+    # transformers, which then warns although the tokenizer files alone define the tokenizer.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(level)

@@ -315,7 +315,7 @@ class Mamba2(nn.Module):
         return self.out_proj(self.norm(y.flatten(-2).to(u.dtype), z))
 
     def ssm(self, u: torch.Tensor, ctx, state: Mamba2State | None):
-        """The SSM part: y (b, T, H, P) in fp32 (or wider) incl. D * x, and the gate z (b, T, H * P).
+        """The SSM part: y (b, T, H, P) in fp32 (or wider) incl. D * x; the gate z (b, T, H*P).
 
         ctx: the decoder's ForwardContext (`token_mask`, `start`); state: advanced in place.
         """
