@@ -33,7 +33,10 @@ def tiny_folder() -> Path:
 @pytest.fixture
 def cli(capsys):
     def run(*argv: str) -> SimpleNamespace:
-        rc = main(list(argv))
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:  # argparse's own errors (our _Parser: one line, exit 2)
+            rc = e.code
         out, err = capsys.readouterr()
         return SimpleNamespace(rc=rc, out=out, err=err)
     return run
@@ -80,7 +83,9 @@ def test_models_lists_registered_teachers(cli):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--help"], ["generate", "models", "data", "bench", "reproduce"]),
+    (["--help"], ["generate", "models", "data", "bench", "reproduce", "hybrid"]),
+    (["hybrid", "build", "--help"], ["--layers", "--init", "kqvo", "skip", "--out"]),
+    (["bench", "throughput", "--help"], ["--contexts", "--batch", "--with-hybrids", "--json"]),
     (["bench", "runtime", "--help"], ["--model", "--batch", "--new-tokens", "--repeats",
                                       "--json"]),
 ])
@@ -271,4 +276,92 @@ def test_bench_bad_arguments(cli, tmp_path, extra, word):
     assert r.rc == 2
     assert r.out == ""
     assert word in one_error_line(r.err)
+    assert not path.exists()
+
+
+# -- hybrid build and throughput -------------------------------------------------------------------
+def test_hybrid_build_then_generate(tiny_folder, cli, tmp_path, generate_calls):
+    out = tmp_path / "hyb"
+    r = cli("hybrid", "build", "--model", "tiny-random", "--layers", "1,3", "--init", "skip",
+            "--out", str(out))
+    assert r.rc == 0, r.err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "rad_hybrid" and cfg["mamba_layers"] == [1, 3]
+    assert cfg["layer_kinds"] == ["attention", "mamba2", "attention", "mamba2"]
+    assert cfg["base_model"] == "tiny-random" and cfg["init"] == "skip"
+    assert "git_commit" in cfg["provenance"] and "model.safetensors" in entries_of(out)
+    assert "tokenizer.json" in entries_of(out)
+    # `skip` init: the hybrid generates exactly what the teacher generates with 1,3 skipped
+    assert cli("generate", "--model", str(out), "--prompt", "hello world",
+               "--max-new-tokens", "5").rc == 0
+    assert cli(*GENERATE, "--skip", "1,3").rc == 0
+    hybrid_call, skip_call = generate_calls
+    assert hybrid_call.model.layer_kinds == cfg["layer_kinds"]
+    assert hybrid_call.result.tokens == skip_call.result.tokens
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--layers", "1,4"], "out of range"),
+    (["--layers", "-1"], "out of range"),
+    (["--layers", "1,1"], "duplicate"),
+    (["--layers", "a"], "integers"),
+    (["--init", "zeros"], "unknown init"),
+])
+def test_hybrid_build_bad_arguments(tiny_folder, cli, tmp_path, extra, word):
+    out = tmp_path / "hyb"
+    argv = {"--layers": "1", "--init": "skip"}
+    argv.update(dict(zip(extra[::2], extra[1::2], strict=True)))
+    r = cli("hybrid", "build", "--model", "tiny-random", "--out", str(out),
+            *[x for kv in argv.items() for x in kv])
+    assert r.rc == 2
+    assert word in one_error_line(r.err)
+    assert not out.exists() and entries_of(tmp_path) == []  # nothing written, no temp left
+
+
+def test_hybrid_folders_that_do_not_load(tiny_folder, cli, tmp_path):
+    out = tmp_path / "hyb"
+    assert cli("hybrid", "build", "--model", "tiny-random", "--layers", "0", "--init", "kqvo",
+               "--out", str(out)).rc == 0
+    r = cli("hybrid", "build", "--model", "tiny-random", "--layers", "0", "--init", "kqvo",
+            "--out", str(out))
+    assert r.rc == 2 and "already exists" in one_error_line(r.err)
+    (out / "model.safetensors").write_bytes(b"not safetensors")
+    r = cli("generate", "--model", str(out), "--prompt", "hi", "--max-new-tokens", "2")
+    assert r.rc == 2 and "cannot read" in one_error_line(r.err)
+    (out / "config.json").write_text(json.dumps({"model_type": "rad_hybrid",
+                                                 "format_version": 1}))
+    r = cli("generate", "--model", str(out), "--prompt", "hi", "--max-new-tokens", "2")
+    assert r.rc == 2 and "hybrid config" in one_error_line(r.err)
+
+
+def test_bench_throughput_json(tiny_folder, cli, tmp_path):
+    path, md = tmp_path / "tp.json", tmp_path / "tp.md"
+    r = cli("bench", "throughput", "--model", "tiny-random", "--with-hybrids", "--contexts",
+            "16,48", "--batch", "1,3", "--new-tokens", "2", "--repeats", "1", "--json",
+            str(path), "--md", str(md))
+    assert r.rc == 0, r.err
+    records = json.loads(path.read_text())["records"]
+    cells = sorted((x["model"], x["context"], x["batch"]) for x in records)
+    assert cells == sorted((m, c, b) for m in ("teacher", "hybrid-50", "full-ssm")
+                           for c in (16, 48) for b in (1, 3))
+    for x in records:
+        assert x["prefill_tok_s"] > 0 and x["decode_tok_s"] > 0 and x["state_bytes"] > 0
+    state = {(x["model"], x["context"], x["batch"]): x["state_bytes"] for x in records}
+    assert state["full-ssm", 16, 3] == state["full-ssm", 48, 3]  # SSM state: constant
+    assert state["teacher", 48, 3] == 3 * state["teacher", 16, 3]  # KV: linear in context
+    assert state["hybrid-50", 48, 3] < state["teacher", 48, 3]
+    assert {x["mamba_layers"] for x in records if x["model"] == "hybrid-50"} == {2}
+    assert md.read_text().count("\n| ") == len(records) + 1  # header + one row per record
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--contexts", "0"], "--contexts"),
+    (["--batch", ""], "--batch"),
+    (["--repeats", "0"], "--repeats"),
+    (["--device", "tpu"], "--device"),
+])
+def test_bench_throughput_bad_arguments(cli, tmp_path, extra, word):
+    path = tmp_path / "tp.json"
+    r = cli("bench", "throughput", "--model", "tiny-random", "--json", str(path), *extra)
+    assert r.rc == 2 and word in one_error_line(r.err)
     assert not path.exists()
