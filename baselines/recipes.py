@@ -1,0 +1,23 @@
+"""The baselines RAD is compared against, and ablations, as recipes (see `rad.recipes`)."""
+
+from __future__ import annotations
+
+from rad.recipes import Recipe, register_recipe
+
+register_recipe(Recipe(
+    "plain-distill", "uniform", "kqvo", "all",
+    description="MambaInLlama-style: uniform interleave, kqvo init, all parameters trained"))
+register_recipe(Recipe(
+    "random-swap", "random", "skip", "ssm-only",
+    description="k random layers (seeded), otherwise as rad: isolates the choice of layers"))
+register_recipe(Recipe(
+    "full-ssm", "all", "kqvo", "all",
+    description="every attention layer becomes Mamba2, kqvo init, all parameters trained"))
+# Ablations: one axis of rad changed at a time.
+register_recipe(Recipe(
+    "rad-kqvo", "rad", "kqvo", "ssm-only", description="rad with the kqvo init"))
+register_recipe(Recipe(
+    "rad-all", "rad", "skip", "all", description="rad training every parameter"))
+register_recipe(Recipe(
+    "rad-align", "rad", "skip", "ssm-only", align_steps=50,
+    description="rad with stage-1 layer-wise alignment of each new mixer first"))

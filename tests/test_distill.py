@@ -1,0 +1,188 @@
+"""Distillation: losses, trainable policies, determinism, resumption, convergence, recipes."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import VOCAB, pair
+
+from rad.align import align_mixers
+from rad.hybrid import build_hybrid
+from rad.kd import bucket_kl, full_kl, teacher_targets
+from rad.recipes import all_recipes, get_recipe
+from rad.train import TrainConfig, heldout_kl, new_ssm_parameters, train
+
+
+@functools.cache
+def sharp_teacher():
+    """tiny_models' Llama with attention, MLP output and head scaled x6: at random-init scale
+    its layers barely matter (skipping two moves the KL by ~1e-3), which makes a poor test of
+    whether distillation recovers them."""
+    _, base = pair("llama")
+    t = copy.deepcopy(base)
+    with torch.no_grad():
+        for blk in t.layers:
+            for w in (blk.mixer.qkv_proj.weight, blk.mixer.o_proj.weight,
+                      blk.mlp.down_proj.weight):
+                w.mul_(6)
+        t.lm_head.weight.mul_(6)
+    return t
+
+
+def _ids(n: int, T: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Teacher targets (top-16 of 97) for 24 train and 6 held-out sequences of 16 tokens."""
+    teacher = sharp_teacher()
+    train_ids, held_ids = _ids(24, 16, 1), _ids(6, 16, 2)
+    with torch.no_grad():
+        return (train_ids, teacher_targets(teacher(train_ids), 16),
+                held_ids, teacher_targets(teacher(held_ids), 16))
+
+
+# -- losses ------------------------------------------------------------------------------------
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000), k=st.integers(1, 12), tau=st.sampled_from([0.5, 1.0, 2.0]),
+       reverse=st.booleans())
+def test_kl_is_zero_for_the_teacher_and_positive_otherwise(seed, k, tau, reverse):
+    g = torch.Generator().manual_seed(seed)
+    t_logits = torch.randn(2, 5, 12, generator=g, dtype=torch.float64) * 3
+    s_logits = torch.randn(2, 5, 12, generator=g, dtype=torch.float64) * 3
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    targets = teacher_targets(t_logits, k, tau)
+    assert float(bucket_kl(t_logits, targets, mask, reverse)) == pytest.approx(0, abs=1e-6)
+    assert float(bucket_kl(s_logits, targets, mask, reverse)) > 0
+    # k = vocab: the bucketed KL is the full KL; smaller k never exceeds it (a lower bound)
+    full = float(full_kl(s_logits, t_logits, mask, tau, reverse))
+    every = float(bucket_kl(s_logits, teacher_targets(t_logits, 12, tau), mask, reverse))
+    assert every == pytest.approx(full, rel=1e-5)
+    if not reverse:
+        assert float(bucket_kl(s_logits, targets, mask)) <= full + 1e-6
+
+
+def test_masked_tokens_do_not_contribute():
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(1, 6, 10, generator=g), torch.randn(1, 6, 10, generator=g)
+    mask = torch.tensor([[True, True, False, True, False, False]])
+    targets = teacher_targets(t, 4)
+    s2 = s.clone()
+    s2[0, 2] += 100 * torch.randn(10)  # garbage at masked positions only
+    s2[0, 4:] = 0
+    assert torch.equal(bucket_kl(s, targets, mask), bucket_kl(s2, targets, mask))
+    kept = mask[0].nonzero().flatten()
+    assert torch.allclose(bucket_kl(s, targets, mask),
+                          bucket_kl(s[:, kept], targets[(slice(None), kept)],
+                                    torch.ones(1, len(kept), dtype=torch.bool)))
+
+
+# -- the loop ----------------------------------------------------------------------------------
+CFG = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=4, ckpt_every=5)
+
+
+def _hybrid(layers=(0, 2), init="skip", seed=0):
+    teacher = sharp_teacher()
+    return build_hybrid(teacher, list(layers), init, seed)
+
+
+def _train(model, data, run_dir, policy="ssm-only", cfg=CFG, seed=0, **kw):
+    return train(model, policy, cfg, seed, *data, run_dir=run_dir, progress=False, **kw)
+
+
+def test_ssm_only_leaves_every_other_parameter_bit_identical(data, tmp_path):
+    model = _hybrid()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new = set(new_ssm_parameters(model))
+    _train(model, data, tmp_path)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= new
+    assert {k for k in new if k.endswith("in_proj.weight")} <= changed
+
+
+def test_same_seed_same_weights_and_curve(data, tmp_path):
+    a, b = _hybrid(), _hybrid()
+    curve_a = _train(a, data, tmp_path / "a")
+    curve_b = _train(b, data, tmp_path / "b")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    strip = [[(r["step"], r["train_loss"], r["heldout_kl"]) for r in c]
+             for c in (curve_a, curve_b)]
+    assert strip[0] == strip[1]
+    c = _hybrid()
+    _train(c, data, tmp_path / "c", seed=1)
+    assert not torch.equal(c.layers[0].mixer.in_proj.weight, a.layers[0].mixer.in_proj.weight)
+
+
+@pytest.mark.parametrize("policy", ["ssm-only", "all"])
+def test_kill_and_resume_ends_identical(data, tmp_path, policy):
+    whole = _hybrid()
+    curve = _train(whole, data, tmp_path / "whole", policy)
+    killed = _hybrid()
+    _train(killed, data, tmp_path / "part", policy, stop_after=7)  # checkpoint at 5: 6, 7 lost
+    resumed = _hybrid()  # a fresh process: rebuilt from scratch, then the checkpoint
+    curve2 = _train(resumed, data, tmp_path / "part", policy)
+    for x, y in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert ([(r["step"], r["train_loss"], r["heldout_kl"]) for r in curve]
+            == [(r["step"], r["train_loss"], r["heldout_kl"]) for r in curve2])
+
+
+def test_skip_init_starts_at_the_drafts_heldout_kl(data):
+    teacher = sharp_teacher()
+    *_, held_ids, held_targets = data
+    hybrid = _hybrid((0, 2), "skip")
+
+    class Draft(torch.nn.Module):  # the teacher with attention 0 and 2 skipped
+        def forward(self, ids):
+            return teacher(ids, skip=[0, 2])
+
+    draft = Draft()
+    draft.device = teacher.device
+    assert heldout_kl(hybrid, held_ids, held_targets) == heldout_kl(draft, held_ids,
+                                                                    held_targets)
+    assert heldout_kl(hybrid, held_ids, held_targets) > 0
+
+
+@pytest.mark.parametrize("method", ["rad", "plain-distill", "random-swap", "full-ssm"])
+def test_distillation_lowers_heldout_kl_for_every_method(data, tmp_path, method):
+    recipe = get_recipe(method)
+    layers = {"rad": [1, 2], "plain-distill": [1], "random-swap": [0, 2],
+              "full-ssm": [0, 1, 2]}[method]
+    model = _hybrid(layers, recipe.init)
+    cfg = TrainConfig(steps=120, batch_size=4, lr=3e-3, warmup_steps=10, eval_every=40,
+                      ckpt_every=120)
+    curve = _train(model, data, tmp_path, recipe.trainable, cfg)
+    kls = [r["heldout_kl"] for r in curve]
+    # measured: rad 0.27 -> 0.18, plain-distill 0.29 -> 0.21, random-swap 0.358 -> 0.341,
+    # full-ssm 0.39 -> 0.31 (layer 0 is hard for the closed-gate init to recover)
+    assert kls[-1] < 0.97 * kls[0] and kls[-1] == min(kls), (method, kls)
+
+
+def test_stage1_alignment_lowers_each_mixers_error():
+    teacher = sharp_teacher()
+    hybrid = _hybrid((0, 2), "kqvo")
+    report = align_mixers(hybrid, teacher, _ids(8, 16, 5), steps=60, lr=3e-3)
+    assert set(report) == {0, 2}
+    for r in report.values():
+        assert r["mse_after"] < 0.5 * r["mse_before"]
+
+
+def test_recipes_registry():
+    recipes = all_recipes()
+    assert {"teacher", "rad", "plain-distill", "random-swap", "full-ssm"} <= set(recipes)
+    rad, plain = recipes["rad"], recipes["plain-distill"]
+    assert (rad.selector, rad.init, rad.trainable) == ("rad", "skip", "ssm-only")
+    assert (plain.selector, plain.init, plain.trainable) == ("uniform", "kqvo", "all")
+    rs = recipes["random-swap"]
+    assert (rs.selector, rs.init, rs.trainable) == ("random", rad.init, rad.trainable)
+    assert recipes["full-ssm"].selector == "all" and not recipes["teacher"].trains
+    with pytest.raises(KeyError, match="unknown method"):
+        get_recipe("nope")
