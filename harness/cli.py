@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.cache import atomic_write_text, check_output_file
 from harness.errors import UserError
+from harness.eval_cli import add_eval_parser, cmd_eval
 
 PROFILES = {
     # profile -> (teacher, bench batches, bench new tokens)
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_parsers(sub)
     _add_hybrid_parser(sub)
 
+    add_eval_parser(sub)
     sub.add_parser("models", help="list registered teachers")
 
     d = sub.add_parser("data", help="task data: check or fetch")
@@ -452,7 +454,8 @@ def cmd_reproduce(args) -> int:
 
 COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "diagnose": cmd_diagnose,
             "select": cmd_select, "compare-sets": cmd_compare_sets, "models": cmd_models,
-            "data": cmd_data, "bench": cmd_bench, "hybrid": cmd_hybrid, "reproduce": cmd_reproduce}
+            "data": cmd_data, "bench": cmd_bench, "hybrid": cmd_hybrid, "reproduce": cmd_reproduce,
+            "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@ steps into a preallocated cache."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +14,8 @@ from rad.model import Decoder
 
 @dataclass
 class Generation:
-    tokens: list[list[int]]  # new tokens per row, cut after the first EOS (EOS included)
+    tokens: list[list[int]]  # new tokens per row, cut after the first EOS (EOS included) or
+    # after the token at which `stop` ended the row
     prompt_len: int  # padded prompt length
     cache_bytes: int  # bytes of inference state allocated
 
@@ -41,8 +42,15 @@ def greedy_generate(
     skip: Collection[int] = (),
     stop_at_eos: bool = True,
     progress: bool = False,
+    stop: Callable[[int, list[int]], bool] | None = None,
+    pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Generation:
-    """Greedy decode `max_new_tokens` (fewer if every row hit EOS and `stop_at_eos`)."""
+    """Greedy decode `max_new_tokens` (fewer if every row hit EOS and `stop_at_eos`).
+
+    stop(row, new_tokens): called after each step for every unfinished row; True ends the row
+    there (e.g. a stop string appeared in its text). Ended rows stay in the batch until all end.
+    pick(logits (B, V)) -> (B,): next-token choice; default argmax (greedy), e.g. a seeded sampler.
+    """
     B, T = input_ids.shape
     device = model.device
     input_ids = input_ids.to(device)
@@ -52,19 +60,29 @@ def greedy_generate(
     logits = model(input_ids, attention_mask, cache=cache, skip=skip, last_only=True)
     eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    ends = [0] * B  # new-token count at which `stop` ended a row (0: not ended by `stop`)
+    rows: list[list[int]] = [[] for _ in range(B)]  # new tokens so far, for `stop`
     out = []
     bar = tqdm(total=max_new_tokens, desc="generate", unit="tok", disable=not progress,
                leave=False)
     for step in range(max_new_tokens):
         bar.update()
-        nxt = logits[:, -1].argmax(-1)  # (B,)
+        nxt = logits[:, -1].argmax(-1) if pick is None else pick(logits[:, -1])  # (B,)
         out.append(nxt)
         done |= torch.isin(nxt, eos)
+        if stop is not None:
+            for row, t in zip(rows, nxt.tolist(), strict=True):
+                row.append(t)
+            for i in (~done).nonzero().flatten().tolist():
+                if stop(i, rows[i]):
+                    done[i] = True
+                    ends[i] = step + 1
         if step + 1 == max_new_tokens or (stop_at_eos and bool(done.all())):
             break
         logits = model(nxt[:, None], cache=cache, skip=skip)
     bar.close()
-    tokens = torch.stack(out, 1).tolist()
+    tokens = [row[:end] if end else row
+              for row, end in zip(torch.stack(out, 1).tolist(), ends, strict=True)]
     return Generation([_cut_at_eos(row, eos_token_ids) for row in tokens], T, cache.nbytes())
 
 

@@ -138,3 +138,70 @@ def _truncate(tokens: list[int], limit: int, eos: set[int]) -> list[int]:
         if t in eos:
             return tokens[: i + 1]
     return tokens
+
+
+@torch.inference_mode()
+def speculative_generate(
+    target: Decoder,
+    draft: Decoder,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    gamma: int = 4,
+    eos_token_ids: Collection[int] = (),
+) -> SpecResult:
+    """Greedy speculative decoding with a separate draft model (e.g. a hybrid drafting for its
+    teacher); returns exactly the target's greedy tokens. Both models must share a tokenizer.
+
+    Each model keeps its own cache. Before drafting, the draft catches up on every token it has
+    not seen (the target's bonus token, and the last draft token when all were accepted); after
+    verification both caches are rolled back to the accepted prefix.
+    """
+    if input_ids.shape[0] != 1:
+        raise ValueError("speculative decoding runs at batch 1")
+    if gamma < 1 or max_new_tokens < 1:
+        raise ValueError("gamma and max_new_tokens must be >= 1")
+    if target.cfg.vocab_size != draft.cfg.vocab_size:
+        raise ValueError(f"draft vocabulary {draft.cfg.vocab_size} != target's "
+                         f"{target.cfg.vocab_size}")
+    stats = SpecStats()
+    t_start = time.perf_counter()
+    prompt = input_ids[0].tolist()
+    max_len = len(prompt) + max_new_tokens + gamma + 1
+    t_cache = target.allocate_cache(1, max_len)
+    d_cache = draft.allocate_cache(1, max_len)
+    logits = target(input_ids.to(target.device), cache=t_cache, last_only=True)
+    out = [int(logits[0, -1].argmax())]
+    stats.verify_steps = 1
+    stats.verify_s += time.perf_counter() - t_start
+    eos = set(eos_token_ids)
+    while len(out) < max_new_tokens and out[-1] not in eos:
+        base = t_cache.length  # the target has cached prompt + out[:-1]
+        budget = min(gamma, max_new_tokens - len(out) - 1)
+        t0 = time.perf_counter()
+        guesses: list[int] = []
+        if budget:
+            seq = prompt + out
+            pending = torch.tensor([seq[d_cache.length:]], device=draft.device)  # ends at out[-1]
+            for _ in range(budget):
+                lg = draft(pending, cache=d_cache, last_only=True)
+                guesses.append(int(lg[0, -1].argmax()))
+                pending = torch.tensor([[guesses[-1]]], device=draft.device)
+        t1 = time.perf_counter()
+        block = torch.tensor([[out[-1], *guesses]], device=target.device)
+        verified = target(block, cache=t_cache)[0].argmax(-1).tolist()  # (len(guesses) + 1,)
+        stats.draft_s += t1 - t0
+        stats.verify_s += time.perf_counter() - t1
+        n_ok = 0
+        while n_ok < len(guesses) and guesses[n_ok] == verified[n_ok]:
+            n_ok += 1
+        keep = base + 1 + n_ok  # `out[-1]` and the accepted guesses
+        t_cache.rollback(keep)
+        d_cache.rollback(min(d_cache.length, keep))
+        stats.drafted += len(guesses)
+        stats.accepted += n_ok
+        stats.verify_steps += 1
+        out += verified[: n_ok + 1]
+    out = _truncate(out, max_new_tokens, eos)
+    stats.emitted = len(out)
+    stats.total_s = time.perf_counter() - t_start
+    return SpecResult(out, stats)
