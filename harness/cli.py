@@ -22,7 +22,8 @@ NOT_COVERED_YET = [
     "'rad select' and 'rad compare-sets', not yet run by 'reproduce' (issue 7 wires them in)",
     "hybrid construction and throughput: available as 'rad hybrid build' and 'rad bench "
     "throughput', not yet run by 'reproduce' (issue 7)",
-    "redundancy-aware distillation and baselines (issue 5)",
+    "redundancy-aware distillation and baselines: available as 'rad distill' and 'rad "
+    "methods', not yet run by 'reproduce' (issue 7)",
     "GSM8K / MATH-500 / HumanEval evaluation (issue 6)",
     "method x seed matrix, leaderboard, gate (issue 7)",
 ]
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_selection_parsers(sub)
     _add_hybrid_parser(sub)
+    _add_distill_parsers(sub)
 
     add_eval_parser(sub)
     sub.add_parser("models", help="list registered teachers")
@@ -188,6 +190,47 @@ def _add_hybrid_parser(sub) -> None:
     b.add_argument("--seed", type=int, default=0, help="seed of the new parameters' init")
     b.add_argument("--out", type=Path, required=True, help="hybrid folder to create (must not "
                    "exist or be empty)")
+
+
+def _add_distill_parsers(sub) -> None:
+    from harness.distill_data import DataConfig
+    from rad.train import TrainConfig
+
+    sub.add_parser("methods", help="list the registered methods and their recipes")
+    d = sub.add_parser(
+        "distill", help="build a method's hybrid and distil it from a teacher (RAD step 4)",
+        description="Picks the layers the method's recipe says (rad: --selection from 'rad "
+        "select'; plain-distill: uniform; random-swap: seeded random; full-ssm: all), builds "
+        "the hybrid with the recipe's init, and trains the recipe's parameters on KL to the "
+        "teacher's top-k distributions (computed once, cached under $RAD_CACHE_DIR/targets). "
+        "OUT becomes a hybrid folder ('rad generate --model OUT') with curve.jsonl (held-out "
+        "KL every --eval-every steps) and distill.json. Re-running the same command resumes "
+        "from OUT/train/checkpoint.pt.")
+    d.add_argument("--method", required=True, help="see 'rad methods'")
+    d.add_argument("--model", required=True, help="the student's base model (name or folder)")
+    d.add_argument("--k", type=int, help="attention layers to replace (full-ssm: all)")
+    d.add_argument("--seed", type=int, default=0, help="init, random layers and data order")
+    d.add_argument("--steps", type=int, required=True, help="optimiser steps")
+    d.add_argument("--out", type=Path, required=True, help="run folder (new, or to resume)")
+    d.add_argument("--selection", type=Path, help="selection.json from 'rad select' (rad)")
+    d.add_argument("--teacher", help="teacher model (default: --model, self-distillation); "
+                   "must share the tokenizer")
+    d.add_argument("--dtype", default="fp32", help="fp32|bf16 weights (default fp32)")
+    t, dd = TrainConfig(steps=1), DataConfig()
+    d.add_argument("--batch-size", type=int, default=t.batch_size, help="sequences per step")
+    d.add_argument("--grad-accum", type=int, default=t.grad_accum)
+    d.add_argument("--lr", type=float, default=t.lr)
+    d.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    d.add_argument("--eval-every", type=int, default=t.eval_every,
+                   help="held-out KL every N steps")
+    d.add_argument("--ckpt-every", type=int, default=t.ckpt_every, help="checkpoint every N")
+    d.add_argument("--loss", default=None, help="override the recipe's loss "
+                   "(forward-kl|reverse-kl)")
+    d.add_argument("--precision", default=t.precision, help="auto|fp32|bf16 autocast")
+    d.add_argument("--seq-len", type=int, default=dd.seq_len)
+    d.add_argument("--train-seqs", type=int, default=dd.n_train)
+    d.add_argument("--heldout-seqs", type=int, default=dd.n_heldout)
+    d.add_argument("--topk", type=int, default=dd.topk, help="teacher log-probs kept per token")
 
 
 def _add_throughput_parser(bsub) -> None:
@@ -359,6 +402,54 @@ def cmd_hybrid(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from rad.recipes import all_recipes
+
+    print(f"{'method':14s} {'selector':9s} {'init':9s} {'trains':9s} {'loss':11s} extras")
+    for r in all_recipes().values():
+        extras = ", ".join(f"{k}={v}" for k, v in (("ce_weight", r.ce_weight),
+                                                     ("align_steps", r.align_steps)) if v)
+        print(f"{r.name:14s} {r.selector:9s} {r.init or '-':9s} {r.trainable or '-':9s} "
+              f"{r.loss:11s} {extras or '-'}")
+        print(f"{'':14s} {r.description}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from harness.distill_data import DataConfig
+    from harness.distill_runs import DistillRequest, run_distill
+    from harness.teachers import parse_dtype
+    from rad.recipes import get_recipe
+    from rad.train import TrainConfig
+
+    parse_dtype(args.dtype)
+    try:
+        recipe = get_recipe(args.method)
+        train_cfg = TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            lr=args.lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
+            ckpt_every=args.ckpt_every, loss=args.loss or recipe.loss,
+            ce_weight=recipe.ce_weight, precision=args.precision)
+        data_cfg = DataConfig(seq_len=args.seq_len, n_train=args.train_seqs,
+                              n_heldout=args.heldout_seqs, topk=args.topk)
+    except KeyError as e:
+        raise UserError(str(e).strip("'\"")) from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.loss is not None:
+        from rad.kd import LOSSES
+        if args.loss not in LOSSES:
+            raise UserError(f"unknown --loss {args.loss!r}; choose one of {', '.join(LOSSES)}")
+    out = run_distill(DistillRequest(args.method, args.model, args.k, args.seed, args.out,
+                                     train_cfg, data_cfg, args.teacher, args.selection,
+                                     args.dtype))
+    summary = json.loads((out / "distill.json").read_text())
+    print(f"{summary['method']}: layers {summary['layers']}, held-out KL "
+          f"{summary['heldout_kl_start']:.4f} -> {summary['heldout_kl_final']:.4f} in "
+          f"{summary['steps']} steps; wrote {out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.bench_command == "throughput":
         return _bench_throughput(args)
@@ -454,7 +545,8 @@ def cmd_reproduce(args) -> int:
 
 COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "diagnose": cmd_diagnose,
             "select": cmd_select, "compare-sets": cmd_compare_sets, "models": cmd_models,
-            "data": cmd_data, "bench": cmd_bench, "hybrid": cmd_hybrid, "reproduce": cmd_reproduce,
+            "data": cmd_data, "bench": cmd_bench, "hybrid": cmd_hybrid,
+            "methods": cmd_methods, "distill": cmd_distill, "reproduce": cmd_reproduce,
             "eval": cmd_eval}
 
 
