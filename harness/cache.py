@@ -24,8 +24,10 @@ def ensure_writable_dir(path: Path) -> Path:
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
         probe.close()
     except OSError as e:
-        raise CacheError(f"folder {path} is not writable ({e.strerror}); for the cache, set "
-                         "RAD_CACHE_DIR to a writable folder") from None
+        in_cache = Path(path).resolve().is_relative_to(cache_dir().resolve())
+        fix = ("set RAD_CACHE_DIR to a writable folder" if in_cache
+               else "choose a writable output location")
+        raise CacheError(f"folder {path} is not writable ({e.strerror}); {fix}") from None
     return path
 
 

@@ -365,3 +365,77 @@ def test_bench_throughput_bad_arguments(cli, tmp_path, extra, word):
     r = cli("bench", "throughput", "--model", "tiny-random", "--json", str(path), *extra)
     assert r.rc == 2 and word in one_error_line(r.err)
     assert not path.exists()
+
+
+# -- distill and methods ---------------------------------------------------------------------------
+DISTILL = ["--model", "tiny-random", "--steps", "2", "--seq-len", "16", "--train-seqs", "4",
+           "--heldout-seqs", "2", "--topk", "8", "--eval-every", "1", "--batch-size", "2"]
+
+
+def test_methods_lists_the_recipes(cli):
+    r = cli("methods")
+    assert r.rc == 0
+    names = [line.split()[0] for line in r.out.splitlines()[1:] if not line.startswith(" ")]
+    assert {"teacher", "rad", "plain-distill", "random-swap", "full-ssm"} <= set(names)
+
+
+def test_distill_end_to_end_then_rerun(tiny_folder, cli, tmp_path, monkeypatch, generate_calls):
+    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    out = tmp_path / "run"
+    r = cli("distill", "--method", "random-swap", "--k", "2", "--seed", "3", "--out", str(out),
+            *DISTILL)
+    assert r.rc == 0, r.err
+    summary = json.loads((out / "distill.json").read_text())
+    assert summary["k"] == 2 and len(summary["layers"]) == 2 and summary["steps"] == 2
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve] == [0, 1, 2]
+    assert all(c["heldout_kl"] >= 0 for c in curve)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mamba_layers"] == summary["layers"] and cfg["init"] == "skip"
+    assert cfg["provenance"]["method"] == "random-swap"
+    assert cli("generate", "--model", str(out), "--prompt", "hi", "--max-new-tokens", "2").rc == 0
+    again = cli("distill", "--method", "random-swap", "--k", "2", "--seed", "3", "--out",
+                str(out), *DISTILL)
+    assert again.rc == 0 and "already complete" in again.out
+    other = cli("distill", "--method", "random-swap", "--k", "2", "--seed", "4", "--out",
+                str(out), *DISTILL)
+    assert other.rc == 2 and "other settings" in one_error_line(other.err)
+
+
+def _other_tokenizer_folder(tiny_folder: Path, dest: Path) -> Path:
+    from transformers import AutoTokenizer
+    shutil.copytree(tiny_folder, dest)
+    tok = AutoTokenizer.from_pretrained(dest)
+    tok.add_tokens(["<an-extra-token>"])
+    tok.save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.parametrize("case", ["method", "teacher-method", "k", "k-full", "tokenizer",
+                                  "selection-missing", "selection-model", "out"])
+def test_distill_bad_input_fails_before_training(tiny_folder, cli, tmp_path, monkeypatch, case):
+    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    out = tmp_path / "run"
+    sel = tmp_path / "selection.json"
+    sel.write_text(json.dumps({"layers": [0, 1], "k": 2, "n_layers": 30,
+                               "model": "smollm2-135m-instruct"}))
+    argv, word = {
+        "method": (["--method", "nope", "--k", "2"], "unknown method"),
+        "teacher-method": (["--method", "teacher", "--k", "2"], "trains nothing"),
+        "k": (["--method", "plain-distill", "--k", "9"], "out of range"),
+        "k-full": (["--method", "full-ssm", "--k", "2"], "every layer"),
+        "tokenizer": (["--method", "plain-distill", "--k", "2", "--teacher",
+                       str(_other_tokenizer_folder(tiny_folder, tmp_path / "t2"))],
+                      "different tokenizers"),
+        "selection-missing": (["--method", "rad", "--k", "2"], "--selection"),
+        "selection-model": (["--method", "rad", "--k", "2", "--selection", str(sel)],
+                            "selection for smollm2-135m-instruct"),
+        "out": (["--method", "plain-distill", "--k", "2"], "not writable"),
+    }[case]
+    if case == "out":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "run"
+    r = cli("distill", *argv, "--out", str(out), *DISTILL)
+    assert r.rc == 2
+    assert word in one_error_line(r.err)
+    assert not out.exists()
