@@ -193,8 +193,6 @@ def _add_hybrid_parser(sub) -> None:
 
 
 def _add_distill_parsers(sub) -> None:
-    from harness.distill_data import DataConfig
-    from rad.train import TrainConfig
 
     sub.add_parser("methods", help="list the registered methods and their recipes")
     d = sub.add_parser(
@@ -215,6 +213,31 @@ def _add_distill_parsers(sub) -> None:
     d.add_argument("--selection", type=Path, help="selection.json from 'rad select' (rad)")
     d.add_argument("--teacher", help="teacher model (default: --model, self-distillation); "
                    "must share the tokenizer")
+    _add_train_args(d)
+
+    c = sub.add_parser(
+        "distill-compare", help="every method x seed at one budget, then the convergence report",
+        description="Runs 'rad distill' for each --methods x --seeds cell under OUT/<method>-s"
+        "<seed> (finished cells are skipped, unfinished ones resume), then writes "
+        "distillation.md/.json/.png to --report-dir: held-out KL curves and the steps each "
+        "method needs to reach plain-distill's final KL.")
+    c.add_argument("--model", required=True)
+    c.add_argument("--k", type=int, required=True, help="layers replaced (full-ssm: all)")
+    c.add_argument("--seeds", type=_int_list, default=[0, 1])
+    c.add_argument("--methods", type=_str_list,
+                   default=["rad", "plain-distill", "random-swap", "full-ssm"])
+    c.add_argument("--steps", type=int, required=True)
+    c.add_argument("--out", type=Path, required=True, help="folder for the run folders")
+    c.add_argument("--report-dir", type=Path, help="where the report goes (default OUT)")
+    c.add_argument("--selection", type=Path, help="selection.json for rad-selected methods")
+    c.add_argument("--teacher")
+    _add_train_args(c)
+
+
+def _add_train_args(d) -> None:
+    from harness.distill_data import DataConfig
+    from rad.train import TrainConfig
+
     d.add_argument("--dtype", default="fp32", help="fp32|bf16 weights (default fp32)")
     t, dd = TrainConfig(steps=1), DataConfig()
     d.add_argument("--batch-size", type=int, default=t.batch_size, help="sequences per step")
@@ -415,16 +438,18 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def cmd_distill(args) -> int:
+def _train_and_data_configs(args, method: str):
     from harness.distill_data import DataConfig
-    from harness.distill_runs import DistillRequest, run_distill
     from harness.teachers import parse_dtype
+    from rad.kd import LOSSES
     from rad.recipes import get_recipe
     from rad.train import TrainConfig
 
     parse_dtype(args.dtype)
+    if args.loss is not None and args.loss not in LOSSES:
+        raise UserError(f"unknown --loss {args.loss!r}; choose one of {', '.join(LOSSES)}")
     try:
-        recipe = get_recipe(args.method)
+        recipe = get_recipe(method)
         train_cfg = TrainConfig(
             steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
             lr=args.lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
@@ -436,10 +461,13 @@ def cmd_distill(args) -> int:
         raise UserError(str(e).strip("'\"")) from None
     except ValueError as e:
         raise UserError(str(e)) from None
-    if args.loss is not None:
-        from rad.kd import LOSSES
-        if args.loss not in LOSSES:
-            raise UserError(f"unknown --loss {args.loss!r}; choose one of {', '.join(LOSSES)}")
+    return train_cfg, data_cfg
+
+
+def cmd_distill(args) -> int:
+    from harness.distill_runs import DistillRequest, run_distill
+
+    train_cfg, data_cfg = _train_and_data_configs(args, args.method)
     out = run_distill(DistillRequest(args.method, args.model, args.k, args.seed, args.out,
                                      train_cfg, data_cfg, args.teacher, args.selection,
                                      args.dtype))
@@ -447,6 +475,32 @@ def cmd_distill(args) -> int:
     print(f"{summary['method']}: layers {summary['layers']}, held-out KL "
           f"{summary['heldout_kl_start']:.4f} -> {summary['heldout_kl_final']:.4f} in "
           f"{summary['steps']} steps; wrote {out}")
+    return 0
+
+
+def cmd_distill_compare(args) -> int:
+    from harness import distill_compare
+    from harness.distill_runs import DistillRequest
+    from rad.recipes import get_recipe
+
+    if not args.methods or not args.seeds:
+        raise UserError("--methods and --seeds need at least one entry each")
+    for m in args.methods:
+        _train_and_data_configs(args, m)  # every method and setting checked before any run
+    if distill_compare.REFERENCE not in args.methods:
+        raise UserError(f"--methods must include {distill_compare.REFERENCE} (the reference)")
+    report_dir = args.report_dir or args.out
+    for name in ("distillation.json", "distillation.md", "distillation.png"):
+        check_output_file(report_dir / name)
+    train_cfg, data_cfg = _train_and_data_configs(args, args.methods[0])
+    base = DistillRequest(args.methods[0], args.model, args.k, args.seeds[0], args.out,
+                          train_cfg, data_cfg, args.teacher, args.selection, args.dtype)
+    ks = {m: (None if get_recipe(m).selector == "all" else args.k) for m in args.methods}
+    folders = distill_compare.run_cells(base, args.methods, args.seeds, ks)
+    rep = distill_compare.report(folders)
+    for path in distill_compare.write_report(rep, report_dir):
+        print(f"wrote {path}")
+    print(distill_compare.markdown(rep))
     return 0
 
 
@@ -546,7 +600,8 @@ def cmd_reproduce(args) -> int:
 COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "diagnose": cmd_diagnose,
             "select": cmd_select, "compare-sets": cmd_compare_sets, "models": cmd_models,
             "data": cmd_data, "bench": cmd_bench, "hybrid": cmd_hybrid,
-            "methods": cmd_methods, "distill": cmd_distill, "reproduce": cmd_reproduce,
+            "methods": cmd_methods, "distill": cmd_distill,
+            "distill-compare": cmd_distill_compare, "reproduce": cmd_reproduce,
             "eval": cmd_eval}
 
 
