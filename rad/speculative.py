@@ -167,8 +167,10 @@ def speculative_generate(
     t_start = time.perf_counter()
     prompt = input_ids[0].tolist()
     max_len = len(prompt) + max_new_tokens + gamma + 1
-    t_cache = target.allocate_cache(1, max_len)
-    d_cache = draft.allocate_cache(1, max_len)
+    # Mamba2 layers (hybrid draft or target) keep per-position snapshots to roll back; a round
+    # moves either cache forward by at most gamma + 2 tokens (catch-up + drafts).
+    t_cache = target.allocate_cache(1, max_len, max_rollback=gamma + 2)
+    d_cache = draft.allocate_cache(1, max_len, max_rollback=gamma + 2)
     logits = target(input_ids.to(target.device), cache=t_cache, last_only=True)
     out = [int(logits[0, -1].argmax())]
     stats.verify_steps = 1

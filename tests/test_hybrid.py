@@ -21,7 +21,7 @@ from rad.hybrid import (
     save_hybrid,
 )
 from rad.mamba2 import Mamba2
-from rad.speculative import self_speculative_generate
+from rad.speculative import self_speculative_generate, speculative_generate
 from rad.weights import WeightImportError
 
 N_LAYERS = 3  # tiny_models' configs
@@ -157,6 +157,20 @@ def test_self_speculative_decoding_on_a_hybrid_is_exact(layers, skip, gamma, see
     plain = greedy_generate(hybrid, ids, max_new_tokens=16).tokens[0]
     spec = self_speculative_generate(hybrid, ids, skip, 16, gamma=gamma)
     assert spec.tokens == plain
+
+
+@settings(max_examples=8, deadline=None)
+@given(layers=layer_sets.filter(bool), gamma=st.integers(1, 5), seed=st.integers(0, 100),
+       hybrid_is_target=st.booleans())
+def test_a_hybrid_drafting_for_its_teacher_is_exact(layers, gamma, seed, hybrid_is_target):
+    """Two-model speculative decoding with a hybrid on either side returns the target's plain
+    greedy tokens (the hybrid's Mamba2 states roll back through their snapshots)."""
+    _, teacher = pair("llama")
+    hybrid = build_hybrid(teacher, layers, "kqvo", seed=seed)
+    target, draft = (hybrid, teacher) if hybrid_is_target else (teacher, hybrid)
+    ids = _ids(1, 6, seed)
+    plain = greedy_generate(target, ids, max_new_tokens=14).tokens[0]
+    assert speculative_generate(target, draft, ids, 14, gamma=gamma).tokens == plain
 
 
 def test_batched_generation_on_a_hybrid_equals_batch_one():
