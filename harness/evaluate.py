@@ -41,6 +41,7 @@ class EvalConfig:
     exec_timeout: float = 3.0
     gamma: int = 4
     spec_tokens: int = 64
+    threads: int | None = None  # torch CPU threads (None: torch's default)
 
 
 def validate(cfg: EvalConfig) -> None:
@@ -54,7 +55,7 @@ def validate(cfg: EvalConfig) -> None:
         raise UserError(f"unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS)}")
     positive = {"--limit": cfg.limit, "--batch-size": cfg.batch_size,
                 "--max-gen-toks": cfg.max_gen_toks, "--samples": cfg.samples,
-                "--gamma": cfg.gamma, "--spec-tokens": cfg.spec_tokens}
+                "--gamma": cfg.gamma, "--spec-tokens": cfg.spec_tokens, "--threads": cfg.threads}
     bad = [k for k, v in positive.items() if v is not None and v < 1]
     if bad:
         raise UserError(f"{bad[0]} must be >= 1")
@@ -116,6 +117,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     # 20-60x slower (tiny-random on GSM8K prompts: 9 s vs 0.14 s per 64 tokens); values below
     # ~1e-38 do not change any argmax or metric here. Recorded in the provenance.
     torch.set_flush_denormal(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     lm = load_model(cfg.model, dtype=cfg.dtype)
     teacher = load_model(cfg.teacher, dtype=cfg.dtype) if cfg.teacher else None
     out: dict[str, Any] = {
@@ -176,3 +179,20 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                          f"(teacher {f['ppl_teacher']:.3f}) top1={f['top1_agreement']:.3f} "
                          f"acceptance={f['acceptance_rate']:.3f}")
     return lines
+
+
+def markdown_rows(result: dict[str, Any]) -> list[str]:
+    """One markdown table row per task of a `rad eval` JSON (see `MARKDOWN_HEADER`)."""
+    rows = []
+    for task, e in result["tasks"].items():
+        s = e["settings"]
+        shots = s.get("num_fewshot", 0) or 0
+        mode = f"{shots}-shot" + (" chat" if s["chat"] else "")
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in e["metrics"].items())
+        rows.append(f"| {task} | {mode} | {metrics} | {e['n']} | {s['batch_size']} | "
+                    f"{s['max_gen_toks']} | {e['wall_s']:.0f} | {e['wall_s'] / e['n']:.1f} |")
+    return rows
+
+
+MARKDOWN_HEADER = ("| task | prompt | metrics | n | batch | max new tokens | wall s "
+                   "| s / problem |\n|---|---|---|---|---|---|---|---|")

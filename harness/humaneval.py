@@ -64,17 +64,28 @@ CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the comp
 
 
 def prompt_text(tokenizer, problem: dict, chat: bool) -> str:
-    """Plain: the problem prompt. Chat: the prompt in one user turn, and the assistant's reply
-    opened with a code block that already holds the prompt, so the model continues the function
-    body and the completion is scored exactly as in plain mode."""
+    """The text the model continues; the program scored is this text + the completion.
+
+    Plain: the problem prompt without its trailing whitespace (as bigcode-evaluation-harness
+    does: a prompt ending in a newline splits the newline from the next line's indentation
+    token, and SmolLM2-135M-Instruct then often closes a code fence instead of writing a body).
+    Chat: the prompt in one user turn, and the assistant's reply opened with a code block that
+    already holds the prompt, so the model continues the function body.
+    """
+    code = problem["prompt"].rstrip()
     if not chat:
-        return problem["prompt"]
+        return code
     from rad.prompts import render_prompt
     try:
         head = render_prompt(tokenizer, CHAT_INSTRUCTION.format(prompt=problem["prompt"]), True)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return head + "```python\n" + problem["prompt"]
+    return head + "```python\n" + code
+
+
+def program_prompt(problem: dict) -> dict:
+    """The problem as check_correctness sees it: its prompt is the code the model continued."""
+    return {**problem, "prompt": problem["prompt"].rstrip()}
 
 
 def make_sampler(temperature: float, top_p: float, seed: int):
@@ -224,7 +235,8 @@ def evaluate_humaneval(lm: LoadedModel, s: HumanEvalSettings,
     texts, completions = generate_completions(lm, problems, s.chat, s.max_gen_toks,
                                               s.batch_size, s.n_samples, s.temperature,
                                               s.top_p, s.seed)
-    jobs = [(p, c) for p, cs in zip(problems, completions, strict=True) for c in cs]
+    jobs = [(program_prompt(p), c) for p, cs in zip(problems, completions, strict=True)
+            for c in cs]
     results = run_programs(jobs, s.limits)
     records, metrics = [], {f"pass@{k}": 0.0 for k in s.ks}
     for i, (p, text) in enumerate(zip(problems, texts, strict=True)):
@@ -234,7 +246,7 @@ def evaluate_humaneval(lm: LoadedModel, s: HumanEvalSettings,
             metrics[f"pass@{k}"] += pass_at_k(s.n_samples, c, k) / len(problems)
         for j, (comp, r) in enumerate(zip(completions[i], res, strict=True)):
             records.append({"task_id": p["task_id"], "sample": j, "prompt": text,
-                            "output": comp, "extracted": p["prompt"] + comp,
+                            "output": comp, "extracted": program_prompt(p)["prompt"] + comp,
                             "correct": r["passed"], "result": r["result"]})
     return {
         "task": "humaneval", "metrics": metrics, "n": len(problems),

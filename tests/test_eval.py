@@ -129,6 +129,8 @@ def test_loglikelihood_request_types_through_lm_eval(tiny, few_rows):
          "doc_to_text": "", "doc_to_target": "{{answer}}",
          "metric_list": [{"metric": "word_perplexity"}]},
     ]
+    from lm_eval.api.registry import get_model
+    assert get_model("rad") is RadLM  # registered: lm_eval.simple_evaluate(model="rad", ...)
     backend = RadLM(loaded=tiny, batch_size=3)
     out = lm_eval.simple_evaluate(model=backend, tasks=tasks, limit=3, log_samples=True,
                                   task_manager=TaskManager(include_defaults=False))
@@ -480,3 +482,7 @@ def test_cli_writes_json_and_per_sample_records(capsys, few_rows, tmp_path):
             assert {"prompt", "output", "extracted", "correct"} <= set(rec), task
     assert result["provenance"]["versions"]["lm_eval"]
     assert "generate_until" in err  # the progress bar
+    from harness.evaluate import markdown_rows
+    rows = markdown_rows(result)
+    assert rows[0].startswith("| gsm8k | 5-shot | exact_match ") and "| 2 | 2 | 4 |" in rows[0]
+    assert rows[1].startswith("| humaneval | 0-shot | pass@1 ")
