@@ -99,13 +99,9 @@ def self_speculative_generate(
         draft = _draft(model, cache, out[-1], skip, budget, stop_threshold)
         t1 = time.perf_counter()
         cache.rollback(base)
-        block = torch.tensor([[out[-1], *draft]], device=model.device)
-        verified = model(block, cache=cache)[0].argmax(-1).tolist()  # (len(draft) + 1,)
+        verified, n_ok = _verify(model, cache, out[-1], draft)
         stats.draft_s += t1 - t0
         stats.verify_s += time.perf_counter() - t1
-        n_ok = 0
-        while n_ok < len(draft) and draft[n_ok] == verified[n_ok]:
-            n_ok += 1
         cache.rollback(base + 1 + n_ok)  # keep `out[-1]` and the accepted drafts
         stats.drafted += len(draft)
         stats.accepted += n_ok
@@ -130,6 +126,17 @@ def _draft(model: Decoder, cache, last: int, skip: frozenset, budget: int,
             break  # not confident: leave this one to the verifier
         draft.append(token)
     return draft
+
+
+def _verify(model: Decoder, cache, last: int, draft: list[int]) -> tuple[list[int], int]:
+    """One verifier forward over [last, *draft]: its greedy tokens (len(draft) + 1) and how
+    many drafted tokens it agrees with, in order."""
+    block = torch.tensor([[last, *draft]], device=model.device)
+    verified = model(block, cache=cache)[0].argmax(-1).tolist()
+    n_ok = 0
+    while n_ok < len(draft) and draft[n_ok] == verified[n_ok]:
+        n_ok += 1
+    return verified, n_ok
 
 
 def _truncate(tokens: list[int], limit: int, eos: set[int]) -> list[int]:
@@ -189,13 +196,9 @@ def speculative_generate(
                 guesses.append(int(lg[0, -1].argmax()))
                 pending = torch.tensor([[guesses[-1]]], device=draft.device)
         t1 = time.perf_counter()
-        block = torch.tensor([[out[-1], *guesses]], device=target.device)
-        verified = target(block, cache=t_cache)[0].argmax(-1).tolist()  # (len(guesses) + 1,)
+        verified, n_ok = _verify(target, t_cache, out[-1], guesses)
         stats.draft_s += t1 - t0
         stats.verify_s += time.perf_counter() - t1
-        n_ok = 0
-        while n_ok < len(guesses) and guesses[n_ok] == verified[n_ok]:
-            n_ok += 1
         keep = base + 1 + n_ok  # `out[-1]` and the accepted guesses
         t_cache.rollback(keep)
         d_cache.rollback(min(d_cache.length, keep))
