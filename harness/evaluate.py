@@ -90,13 +90,19 @@ def provenance() -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = None
+    here = Path(__file__).parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+                                cwd=here, timeout=10).stdout.strip() or None
+        # tracked files changed since that commit: the run did not use the commit alone
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, cwd=here,
+                                    timeout=10).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit = dirty = None
     import torch
-    return {"commit": commit, "versions": versions, "python": platform.python_version(),
+    return {"commit": commit, "dirty": dirty, "versions": versions,
+            "python": platform.python_version(),
             "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
             "device": "cpu", "flush_denormal": True,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
