@@ -19,10 +19,14 @@ def attention_io(teacher: Decoder, ids: torch.Tensor, layers: Sequence[int],
                  batch_size: int = 8) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: (the attention's input = normed hidden state, its output), (N, T, hidden)."""
     captured: dict[int, tuple[list, list]] = {i: ([], []) for i in layers}
-    hooks = [teacher.layers[i].mixer.register_forward_hook(
-        lambda mod, args, out, i=i: (captured[i][0].append(args[0].detach()),
-                                     captured[i][1].append(out.detach())))
-        for i in layers]
+
+    def recorder(i: int):
+        def hook(module, args, out) -> None:  # returning None keeps the module's output
+            captured[i][0].append(args[0].detach())
+            captured[i][1].append(out.detach())
+        return hook
+
+    hooks = [teacher.layers[i].mixer.register_forward_hook(recorder(i)) for i in layers]
     try:
         for start in range(0, ids.shape[0], batch_size):
             teacher(ids[start:start + batch_size])

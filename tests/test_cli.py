@@ -462,3 +462,18 @@ def test_distill_compare_writes_the_report(tiny_folder, cli, tmp_path, monkeypat
                 "2", "--seeds", "0,1", "--out", str(tmp_path / "runs"), "--report-dir",
                 str(tmp_path / "report"), *DISTILL)
     assert again.rc == 0 and again.out.count("already complete") == 6
+
+
+def test_distill_rad_align_with_a_selection_file(tiny_folder, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    sel = tmp_path / "selection.json"
+    sel.write_text(json.dumps({"layers": [2, 1], "k": 2, "n_layers": 4, "model": "tiny-random"}))
+    out = tmp_path / "run"
+    r = cli("distill", "--method", "rad-align", "--k", "2", "--selection", str(sel),
+            "--out", str(out), *DISTILL)
+    assert r.rc == 0, r.err
+    summary = json.loads((out / "distill.json").read_text())
+    assert summary["layers"] == [1, 2] and summary["selection"]["selector"] == "rad"
+    assert set(summary["alignment"]) == {"1", "2"}  # stage 1 ran on each new mixer
+    for layer in summary["alignment"].values():
+        assert layer["mse_after"] < layer["mse_before"]
