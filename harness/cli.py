@@ -24,7 +24,8 @@ NOT_COVERED_YET = [
     "throughput', not yet run by 'reproduce' (issue 7)",
     "redundancy-aware distillation and baselines: available as 'rad distill' and 'rad "
     "methods', not yet run by 'reproduce' (issue 7)",
-    "GSM8K / MATH-500 / HumanEval evaluation (issue 6)",
+    "GSM8K / MATH-500 / HumanEval evaluation: available as 'rad eval', not yet run by "
+    "'reproduce' (issue 7)",
     "method x seed matrix, leaderboard, gate (issue 7)",
 ]
 
