@@ -216,3 +216,22 @@ def test_bad_layers_init_and_folders_are_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "rad_hybrid"}))
     with pytest.raises(HybridError):
         load_hybrid(tmp_path)
+
+
+def test_throughput_cache_replication_decodes_like_the_original_row():
+    """`rad bench throughput` times batch-B decode from one prefilled row copied to B rows: each
+    copy must continue exactly like the original (KV and Mamba2 state alike)."""
+    from harness.throughput import _replicate
+
+    _, teacher = pair("llama")
+    hybrid = build_hybrid(teacher, [1], "kqvo", seed=0)
+    ids = _ids(1, 9)
+    one = hybrid.allocate_cache(1, 12)
+    hybrid(ids, cache=one)
+    many = hybrid.allocate_cache(3, 12)
+    _replicate(one, many)
+    nxt = torch.tensor([[5]])
+    expected = hybrid(nxt, cache=one)
+    got = hybrid(nxt.expand(3, 1), cache=many)
+    for row in got:
+        torch.testing.assert_close(row, expected[0], rtol=1e-5, atol=1e-5)
