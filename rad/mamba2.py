@@ -149,6 +149,16 @@ def ssd_step(x, dt, A, B, C, state):
     return state, y
 
 
+def ssd_step_(x, dt, A, B, C, state) -> torch.Tensor:
+    """`ssd_step` updating `state` in place (decoding): one scaling pass and one batched rank-1
+    update instead of building a new state, then y = S C. Returns y (b, H, P)."""
+    b, H, P, N = state.shape
+    state.mul_(torch.exp(dt * A)[..., None, None])
+    flat = state.view(b * H, P, N)
+    flat.baddbmm_((dt[..., None] * x).reshape(b * H, P, 1), B.reshape(b * H, 1, N))
+    return torch.bmm(flat, C.reshape(b * H, N, 1)).view(b, H, P)
+
+
 def _decay_matrix(a_cum: torch.Tensor) -> torch.Tensor:
     """(..., l) cumulative log-decays -> (..., l, l) with [i, j] = exp(a_cum[i] - a_cum[j]) for
     j <= i, else 0: the decay from just after position j up to position i."""
@@ -344,14 +354,15 @@ class Mamba2(nn.Module):
         x32, B32, C32 = x.to(acc), B.to(acc), C.to(acc)
         init = state.ssm if state is not None else None
         if x.shape[1] == 1 and state is not None:
-            final, y = ssd_step(x32[:, 0], dt[:, 0], A, B32[:, 0], C32[:, 0], init)
-            y = y[:, None]
+            y = ssd_step_(x32[:, 0], dt[:, 0], A, B32[:, 0], C32[:, 0], state.ssm)[:, None]
+            final = None  # updated in place
         elif kernel_available(x.device):
             y, final = _kernel_scan(x32, dt, A, B32, C32, self.sizes.chunk_size, init)
         else:
             y, final = ssd_chunked(x32, dt, A, B32, C32, self.sizes.chunk_size, init)
         if state is not None:
-            state.ssm.copy_(final)
+            if final is not None:
+                state.ssm.copy_(final)
             state.length += x.shape[1]
         return y + self.D.to(acc)[:, None] * x32
 

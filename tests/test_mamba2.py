@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rad.mamba2 import Mamba2, Mamba2Sizes, ssd_chunked, ssd_sequential
+from rad.mamba2 import Mamba2, Mamba2Sizes, ssd_chunked, ssd_sequential, ssd_step, ssd_step_
 
 F64 = torch.float64
 
@@ -43,6 +43,18 @@ def test_chunked_scan_equals_sequential_recurrence(b, T, H, P, N, chunk, with_st
     y, s = ssd_chunked(x, dt, A, B, C, chunk, init)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 3), H=st.integers(1, 3), P=st.integers(1, 5), N=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_in_place_decode_step_equals_the_functional_step(b, H, P, N, seed):
+    x, dt, A, B, C, state = _scan_inputs(b, 1, H, P, N, seed)
+    ref_state, ref_y = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state)
+    inplace = state.clone()
+    y = ssd_step_(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], inplace)
+    torch.testing.assert_close(y, ref_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(inplace, ref_state, rtol=1e-12, atol=1e-12)
 
 
 def _mixer(H=4, Hkv=2, P=3, hidden=10, chunk=5, conv=4, seed=0, dtype=F64) -> Mamba2:
