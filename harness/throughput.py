@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from baselines.selectors import SelectionRequest, get_selector
+from harness.provenance import code_provenance
 from rad.cache import InferenceCache
 from rad.hybrid import build_hybrid
 from rad.model import Decoder
@@ -183,7 +184,8 @@ def as_json(records: list[ThroughputRecord], model: str, dtype: str, device: str
             settings: dict) -> dict:
     return {"model": model, "dtype": dtype, "device": device,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "settings": settings, "records": [asdict(r) for r in records]}
+            "settings": settings, "provenance": code_provenance(),
+            "records": [asdict(r) for r in records]}
 
 
 def markdown(result: dict) -> str:
