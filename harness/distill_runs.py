@@ -20,7 +20,7 @@ from harness.cache import atomic_write_text, ensure_writable_dir
 from harness.distill_data import DataConfig, build_data, cached_targets
 from harness.errors import UserError
 from harness.provenance import code_provenance
-from harness.teachers import LoadedModel, load_model, resolve_model_folder
+from harness.teachers import TEACHERS, LoadedModel, load_model, teacher_cache_dir
 from rad.align import align_mixers
 from rad.hybrid import build_hybrid, hybrid_config, save_hybrid
 from rad.recipes import Recipe, get_recipe
@@ -100,12 +100,11 @@ def _read_selection(path: Path, model: str, lm: LoadedModel, k: int) -> list[int
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read selection {path}: {e}") from None
     n = lm.model.cfg.n_layers
-    same_model = sel_model == model
-    if not same_model:
-        try:
-            same_model = resolve_model_folder(sel_model).resolve() == lm.folder.resolve()
-        except UserError:
-            same_model = False
+    if sel_model in TEACHERS:  # by name or its cache folder; never build a teacher to compare
+        folder = teacher_cache_dir(sel_model)
+    else:
+        folder = Path(sel_model)  # a local folder (a hub id compares by name only)
+    same_model = sel_model == model or folder.resolve() == lm.folder.resolve()
     if not same_model or sel_n != n:
         raise UserError(f"{path} is a selection for {sel_model} ({sel_n} layers), not for "
                         f"{model} ({n} layers)")
