@@ -486,14 +486,14 @@ def cmd_distill_compare(args) -> int:
 
     if not args.methods or not args.seeds:
         raise UserError("--methods and --seeds need at least one entry each")
-    for m in args.methods:
-        _train_and_data_configs(args, m)  # every method and setting checked before any run
+    # every method and setting is checked before any run
+    configs = {m: _train_and_data_configs(args, m) for m in args.methods}
     if distill_compare.REFERENCE not in args.methods:
         raise UserError(f"--methods must include {distill_compare.REFERENCE} (the reference)")
     report_dir = args.report_dir or args.out
     for name in ("distillation.json", "distillation.md", "distillation.png"):
         check_output_file(report_dir / name)
-    train_cfg, data_cfg = _train_and_data_configs(args, args.methods[0])
+    train_cfg, data_cfg = configs[args.methods[0]]
     base = DistillRequest(args.methods[0], args.model, args.k, args.seeds[0], args.out,
                           train_cfg, data_cfg, args.teacher, args.selection, args.dtype)
     ks = {m: (None if get_recipe(m).selector == "all" else args.k) for m in args.methods}

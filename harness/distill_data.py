@@ -14,6 +14,7 @@ is the same for every method and seed; each pool is packed (documents joined by 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import json
@@ -126,11 +127,18 @@ def build_data(tokenizer, eos: int, cfg: DataConfig) -> DistillData:
 # -- teacher targets, cached -------------------------------------------------------------------
 
 def weights_digest(folder: Path) -> str:
-    """sha256 over the folder's weight files (identifies the teacher's exact weights)."""
+    """sha256 over the folder's weight files (identifies the teacher's exact weights).
+    Memoised per file identity: `rad distill-compare` asks once per cell."""
+    files = sorted(Path(folder).resolve().glob("*.safetensors"))
+    return _digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.cache
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        h.update(path.name.encode())
-        with path.open("rb") as f:
+    for path, _, _ in files:
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()

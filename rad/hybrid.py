@@ -124,10 +124,6 @@ def _close_output(mixer: Mamba2, whole_in_proj: bool) -> None:
             mixer.out_proj.bias.zero_()
 
 
-def _init_kqvo(mixer: Mamba2, att: Attention) -> None:
-    _copy_kqvo(mixer, att)
-
-
 def _init_skip(mixer: Mamba2, att: Attention) -> None:
     _copy_kqvo(mixer, att)
     _close_output(mixer, whole_in_proj=False)
@@ -140,7 +136,7 @@ def _init_skip_zero(mixer: Mamba2, att: Attention) -> None:
 
 
 INITS: dict[str, tuple[Callable[[Mamba2, Attention], None], str]] = {
-    "kqvo": (_init_kqvo, "MambaInLlama: v->x, k->B, q->C, o->out_proj"),
+    "kqvo": (_copy_kqvo, "MambaInLlama: v->x, k->B, q->C, o->out_proj"),
     "skip": (_init_skip, "RAD: kqvo with the z gate zeroed; starts exactly as the skip-draft"),
     "skip-zero": (_init_skip_zero, "paper-literal RAD: in_proj all zero, out_proj <- o_proj"),
 }

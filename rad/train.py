@@ -101,11 +101,14 @@ def set_trainable(model: Decoder, policy: str) -> dict[str, torch.nn.Parameter]:
 def batch_rows(position: int, count: int, n_rows: int, seed: int) -> list[int]:
     """Rows `position .. position + count` of the seeded stream: a fresh permutation of all
     rows per epoch, so the order depends only on (seed, position) and resumes exactly."""
+    perms: dict[int, list[int]] = {}  # one permutation per epoch touched by this batch
     rows = []
     for pos in range(position, position + count):
         epoch, i = divmod(pos, n_rows)
-        perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        rows.append(int(perm[i]))
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+            perms[epoch] = torch.randperm(n_rows, generator=gen).tolist()
+        rows.append(perms[epoch][i])
     return rows
 
 
