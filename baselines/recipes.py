@@ -21,3 +21,6 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     "rad-align", "rad", "skip", "ssm-only", align_steps=50,
     description="rad with stage-1 layer-wise alignment of each new mixer first"))
+register_recipe(Recipe(
+    "uniform-swap", "uniform", "skip", "ssm-only",
+    description="uniform interleave, otherwise as rad: selection vs the uniform layout"))

@@ -12,23 +12,6 @@ from harness.cache import atomic_write_text, check_output_file
 from harness.errors import UserError
 from harness.eval_cli import add_eval_parser, cmd_eval
 
-PROFILES = {
-    # profile -> (teacher, bench batches, bench new tokens)
-    "smoke": ("tiny-random", [1, 2], 16),
-    "cpu": ("smollm2-135m-instruct", [1, 8], 64),
-}
-NOT_COVERED_YET = [
-    "self-speculative diagnosis and Bayesian layer selection: available as 'rad diagnose', "
-    "'rad select' and 'rad compare-sets', not yet run by 'reproduce' (issue 7 wires them in)",
-    "hybrid construction and throughput: available as 'rad hybrid build' and 'rad bench "
-    "throughput', not yet run by 'reproduce' (issue 7)",
-    "redundancy-aware distillation and baselines: available as 'rad distill' and 'rad "
-    "methods', not yet run by 'reproduce' (issue 7)",
-    "GSM8K / MATH-500 / HumanEval evaluation: available as 'rad eval', not yet run by "
-    "'reproduce' (issue 7)",
-    "method x seed matrix, leaderboard, gate (issue 7)",
-]
-
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -104,9 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", type=Path, help="write the records here")
     _add_throughput_parser(bsub)
 
-    rp = sub.add_parser("reproduce", help="the main job (what exists so far; see its output)")
-    rp.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-    rp.add_argument("--out", type=Path, help="run folder (default runs/<profile>)")
+    rp = sub.add_parser(
+        "reproduce", help="the main job: every method x seed of a profile, then the report",
+        description="Runs a profile (harness/profiles/NAME.yaml, or any YAML config by path): "
+        "RAD's diagnosis and Bayesian selection once, then per method x seed: build + distil "
+        "-> evaluate (GSM8K, MATH-500, HumanEval) -> decode throughput beside the base model. "
+        "Each step is keyed by a hash of its inputs, so a re-run skips finished work and a "
+        "killed run resumes. Writes OUT/results.json, LEADERBOARD.md, leaderboard.csv and "
+        "plots (see 'rad report').")
+    rp.add_argument("--profile", default="cpu",
+                    help="smoke (CI, minutes), cpu (embedded teacher, ~1 h on 2 cores), paper "
+                    "(GPU scale), or a path to a .yaml config (default cpu)")
+    rp.add_argument("--out", type=Path,
+                    help="run folder (default results/<profile>; large artefacts go to "
+                    "OUT/steps, which git ignores)")
+    rp.add_argument("--allow-code-execution", action="store_true",
+                    help="allow HumanEval to execute model-written code (or "
+                    "RAD_ALLOW_CODE_EXECUTION=1); needed when the profile evaluates HumanEval")
+
+    rr = sub.add_parser("report", help="(re)write results.json, LEADERBOARD.md, "
+                        "leaderboard.csv and plots from a run folder",
+                        description="Reads RUN/run.json and RUN/cells/*.json (and the step "
+                        "folders they name) and writes the report files, each atomically.")
+    rr.add_argument("run", type=Path, help="run folder of 'rad reproduce'")
+    rr.add_argument("--out", type=Path, help="write the report here (default: RUN)")
+
+    rg = sub.add_parser(
+        "gate", help="regression check: current results.json vs a baseline (exit 1 on any)",
+        description="Compares quality metrics within the baseline config's tolerances and "
+        "timing only as the speedup over the base model measured in the same run. Exit 0: no "
+        "regression; 1: a regression; 2: files that cannot be compared (schema, profile or "
+        "config mismatch, missing method).")
+    rg.add_argument("--baseline", type=Path, required=True, help="e.g. results/smoke/results.json")
+    rg.add_argument("--current", type=Path, required=True, help="results.json of the new run")
     return parser
 
 
@@ -579,23 +592,39 @@ def _print_bench_table(result: dict) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from harness.bench import as_json, bench_runtime, measure_stream_gbs
+    from harness.experiments import load_config
+    from harness.humaneval import code_execution_allowed
+    from harness.report import REPORT_FILES, write_report
+    from harness.runner import Runner, preflight
 
-    teacher, batches, new_tokens = PROFILES[args.profile]
-    out = args.out or Path("runs") / args.profile
-    check_output_file(out / "bench_runtime.json")
+    cfg = load_config(args.profile)
+    out = args.out or Path("results") / cfg.profile
+    allow = code_execution_allowed(args.allow_code_execution)
+    for name in REPORT_FILES:
+        check_output_file(out / name)
+    preflight(cfg, out, allow)  # everything that can fail on input fails here, before writing
     t0 = time.time()
-    print(f"rad reproduce --profile {args.profile}: teacher {teacher}, run folder {out}")
-    _data_check()
-    records = bench_runtime(teacher, batches, ["fp32", "bf16"], new_tokens)
-    result = as_json(records, measure_stream_gbs(), teacher)
-    _print_bench_table(result)
-    atomic_write_text(out / "bench_runtime.json", json.dumps(result, indent=2))
-    print(f"wrote {out / 'bench_runtime.json'} in {time.time() - t0:.0f} s")
-    print("NOT covered yet by 'reproduce' (later issues add them):")
-    for item in NOT_COVERED_YET:
-        print(f"  - {item}")
+    print(f"rad reproduce --profile {cfg.profile}: {cfg.model}, methods "
+          f"{', '.join(cfg.methods)}, seeds {cfg.seeds}, k={cfg.k}; run folder {out}")
+    Runner(cfg, out, allow).run()
+    for path in write_report(out):
+        print(f"wrote {path}")
+    print(f"rad reproduce: done in {time.time() - t0:.0f} s; see {out / 'LEADERBOARD.md'}")
     return 0
+
+
+def cmd_report(args) -> int:
+    from harness.report import write_report
+
+    for path in write_report(args.run, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from harness.gate import run_gate
+
+    return run_gate(args.baseline, args.current)
 
 
 COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "diagnose": cmd_diagnose,
@@ -603,6 +632,7 @@ COMMANDS = {"generate": cmd_generate, "speculate": cmd_speculate, "diagnose": cm
             "data": cmd_data, "bench": cmd_bench, "hybrid": cmd_hybrid,
             "methods": cmd_methods, "distill": cmd_distill,
             "distill-compare": cmd_distill_compare, "reproduce": cmd_reproduce,
+            "report": cmd_report, "gate": cmd_gate,
             "eval": cmd_eval}
 
 

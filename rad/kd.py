@@ -28,6 +28,11 @@ class TeacherTargets:
     def __getitem__(self, rows) -> TeacherTargets:
         return TeacherTargets(self.logp[rows], self.index[rows], self.rest[rows], self.tau)
 
+    def to(self, device: torch.device) -> TeacherTargets:
+        """Targets are cached on the CPU; a batch moves to the student's device."""
+        return TeacherTargets(self.logp.to(device), self.index.to(device), self.rest.to(device),
+                              self.tau)
+
 
 def _rest_logp(logp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """log of the mass outside `index`, from the full log-probs (exact: no 1 - sum in fp32,

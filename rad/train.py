@@ -131,10 +131,11 @@ def heldout_kl(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
     total, count = 0.0, 0
     for start in range(0, ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
-        logits = model(ids[rows])
-        mask = torch.ones(ids[rows].shape, dtype=torch.bool)
+        batch = ids[rows].to(model.device)
+        logits = model(batch)
+        mask = torch.ones(batch.shape, dtype=torch.bool, device=model.device)
         n = int(mask.sum())
-        total += float(bucket_kl(logits, targets[rows], mask)) * n
+        total += float(bucket_kl(logits, targets[rows].to(model.device), mask)) * n
         count += n
     model.train(was_training)
     return total / count
@@ -217,7 +218,8 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
             mask = torch.ones(ids.shape, dtype=torch.bool, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model(ids)
-            loss = distill_loss(logits, train_targets[rows], ids, mask, cfg.loss, cfg.ce_weight)
+            loss = distill_loss(logits, train_targets[rows].to(device), ids, mask, cfg.loss,
+                                cfg.ce_weight)
             (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
         torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.clip_norm)

@@ -1,0 +1,289 @@
+"""`rad reproduce`: a profile expands into cells (method x seed) and each cell into steps.
+
+    diagnose -> select            (shared: once per profile, used by every rad cell)
+    distill  (build + train)      per trained cell; writes the hybrid folder
+    eval                          per model (the base model once, each trained cell)
+    bench                         per cell: its model and the base model, side by side
+
+Every step's folder is named by a hash of its inputs: the step's config, the code version
+(`harness.provenance.code_version`) and the keys of the steps it reads. A step is finished when
+its `step.json` exists (written last); a re-run skips finished steps, so a killed run resumes
+where it stopped: an unfinished distillation from its checkpoint, any other step from scratch.
+Each finished cell writes `cells/<method>-s<seed>.json`; the report is rebuilt from those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from harness.cache import atomic_write_text, ensure_writable_dir
+from harness.errors import UserError
+from harness.experiments import ExperimentConfig
+from harness.provenance import code_provenance, code_version
+from rad.recipes import get_recipe
+
+RUN_FILE = "run.json"
+STEP_FILE = "step.json"
+CELLS_DIR = "cells"
+STEPS_DIR = "steps"
+# The accuracy each task contributes to the leaderboard (one number per task).
+HEADLINE = {"gsm8k": "exact_match_flexible", "math500": "math_verify", "humaneval": "pass@1"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
+
+
+def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
+    """The teacher row is seed-independent (greedy evaluation, nothing trained): one cell."""
+    return [Cell(m, s) for m in cfg.methods for s in (cfg.seeds[:1] if m == "teacher"
+                                                      else cfg.seeds)]
+
+
+class StepStore:
+    """Content-addressed step folders under RUN/steps/<name>-<key>/."""
+
+    def __init__(self, root: Path, code: str):
+        self.root = root / STEPS_DIR
+        self.code = code
+
+    def key(self, name: str, inputs: dict) -> str:
+        blob = json.dumps({"step": name, "code": self.code, "inputs": inputs}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run(self, name: str, inputs: dict, fn: Callable[[Path], None],
+            resumable: bool = False, label: str = "") -> tuple[Path, dict]:
+        key = self.key(name, inputs)
+        folder = self.root / f"{name}-{key}"
+        marker = folder / STEP_FILE
+        if marker.exists():
+            print(f"   {name} {label}: finished earlier ({folder.name}), skipped")
+            return folder, {**json.loads(marker.read_text()), "cached": True}
+        if folder.exists() and not resumable:
+            shutil.rmtree(folder)  # a killed non-resumable step starts over
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"   {name} {label} -> {folder}")
+        t0 = time.time()
+        fn(folder)
+        record = {"step": name, "key": key, "inputs": inputs, "code_version": self.code,
+                  "wall_s": round(time.time() - t0, 2), "provenance": code_provenance()}
+        atomic_write_text(marker, json.dumps(record, indent=2))  # written last: finished
+        return folder, {**record, "cached": False}
+
+
+# -- preflight: everything that can fail is checked before anything is written --------------------
+def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
+    """Data, opt-in, model, k, and the run folder; returns the loaded base model."""
+    from harness.distill_data import gsm8k_documents  # noqa: F401  (import errors early)
+    from harness.evaluate import EvalConfig, validate
+    from harness.teachers import load_model
+
+    validate(EvalConfig(model=cfg.model, tasks=cfg.eval.tasks, limit=cfg.eval.limit,
+                        sample_seed=cfg.eval.sample_seed, chat=cfg.eval.chat,
+                        allow_code_execution=allow_code_execution))
+    from harness.data import load_task
+    load_task("gsm8k", "train")  # distillation data and the selection prompts
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"profile {cfg.profile} runs on cuda, and no GPU is visible here")
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        try:
+            previous = json.loads(run_file.read_text())["config_hash"]
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"{run_file} is unreadable; remove {out} to start over") from None
+        if previous != cfg.config_hash():
+            raise UserError(f"{out} holds a run of another config (hash {previous}, now "
+                            f"{cfg.config_hash()}); choose another --out or remove it")
+    elif out.exists() and any(p.name in (STEPS_DIR, CELLS_DIR) for p in out.iterdir()):
+        raise UserError(f"{out} holds run artefacts without {RUN_FILE}; remove them first")
+    base = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    n = base.model.cfg.n_layers
+    if not 1 <= cfg.k <= n:
+        raise UserError(f"k = {cfg.k} is out of range 1..{n} ({cfg.model} has {n} layers)")
+    ensure_writable_dir(out)
+    return base
+
+
+# -- steps ----------------------------------------------------------------------------------------
+class Runner:
+    def __init__(self, cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
+        self.cfg = cfg
+        self.out = Path(out).resolve()
+        self.allow = allow_code_execution
+        self.store = StepStore(self.out, code_version())
+        self.base = None  # LoadedModel, set by run()
+        self._selection: tuple[Path, dict, dict] | None = None
+
+    # shared: RAD steps 1-2 ------------------------------------------------------------------
+    def _workload(self):
+        from harness.prompt_sets import build_prompt_set
+        from harness.selection_runs import Workload
+        from rad.redundancy import SpecSettings
+
+        s = self.cfg.selection
+        pset = build_prompt_set(s.prompts, self.base.tokenizer)
+        ids = [torch.tensor([self.base.tokenizer(t, add_special_tokens=False)["input_ids"]])
+               for t in pset.texts]
+        return Workload(self.base, pset, ids, SpecSettings(s.gamma, s.max_new_tokens),
+                        self.cfg.dtype)
+
+    def selection(self) -> tuple[Path, dict, dict]:
+        """(select step folder, its record, the diagnose record): diagnose runs first (its
+        profile warm-starts the search and is plotted)."""
+        if self._selection is None:
+            from harness.selection_runs import run_diagnose, run_select
+
+            s = self.cfg.selection
+            inputs = {"model": self.cfg.model, "dtype": self.cfg.dtype, "prompts": s.prompts,
+                      "gamma": s.gamma, "max_new_tokens": s.max_new_tokens}
+            w = self._workload()
+            diag, diag_rec = self.store.run("diagnose", inputs,
+                                            lambda d: run_diagnose(w, d), label="(all layers)")
+            sel_inputs = {**inputs, "diagnose": diag_rec["key"], "k": self.cfg.k,
+                          "trials": s.trials, "objective": s.objective, "seed": s.seed}
+            sel, sel_rec = self.store.run(
+                "select", sel_inputs,
+                lambda d: run_select(w, self.cfg.k, s.trials, s.objective, s.seed, d, None,
+                                     diag / "redundancy.json"),
+                resumable=True, label=f"(k={self.cfg.k})")  # the optuna study resumes
+            self._selection = (sel, sel_rec, diag_rec)
+        return self._selection
+
+    # per cell ---------------------------------------------------------------------------------
+    def distill(self, cell: Cell, steps: dict[str, dict]) -> Path:
+        from harness.distill_data import DataConfig
+        from harness.distill_runs import DistillRequest, run_distill
+        from rad.train import TrainConfig
+
+        recipe = get_recipe(cell.method)
+        d = self.cfg.distill
+        train = TrainConfig(steps=d.steps, batch_size=d.batch_size, grad_accum=d.grad_accum,
+                            lr=d.lr, warmup_steps=d.warmup_steps, eval_every=d.eval_every,
+                            ckpt_every=d.ckpt_every, loss=recipe.loss,
+                            ce_weight=recipe.ce_weight, precision=d.precision)
+        data = DataConfig(seq_len=d.seq_len, n_train=d.n_train, n_heldout=d.n_heldout,
+                          topk=d.topk)
+        inputs = {"method": recipe.as_dict(), "model": self.cfg.model,
+                  "teacher": self.cfg.teacher, "dtype": self.cfg.dtype, "seed": cell.seed,
+                  "k": self.cfg.k, "distill": asdict(d)}
+        selection = None
+        if recipe.selector == "rad":
+            sel_dir, steps["select"], steps["diagnose"] = self.selection()
+            inputs["select"] = steps["select"]["key"]
+            selection = sel_dir / "selection.json"
+        k = None if recipe.selector == "all" else self.cfg.k
+        req = lambda folder: DistillRequest(  # noqa: E731
+            cell.method, self.cfg.model, k, cell.seed, folder, train, data, self.cfg.teacher,
+            selection, self.cfg.dtype, self.cfg.device)
+        folder, steps["distill"] = self.store.run("distill", inputs,
+                                                  lambda f: run_distill(req(f)),
+                                                  resumable=True, label=cell.name)
+        return folder
+
+    def evaluate(self, model: str, model_key: str, label: str) -> tuple[Path, dict]:
+        from harness.evaluate import EvalConfig, run_eval
+
+        e = self.cfg.eval
+        inputs = {"model": model_key, "eval": asdict(e), "dtype": self.cfg.dtype}
+
+        def fn(folder: Path) -> None:
+            run_eval(EvalConfig(
+                model=model, tasks=e.tasks, dtype=self.cfg.dtype, limit=e.limit,
+                sample_seed=e.sample_seed, chat=e.chat, batch_size=e.batch_size,
+                max_gen_toks=e.max_gen_toks, allow_code_execution=self.allow,
+                json_path=folder / "eval.json", threads=self.cfg.threads,
+                device=self.cfg.device))
+        return self.store.run("eval", inputs, fn, label=label)
+
+    def bench(self, model: str | None, model_key: str, label: str) -> tuple[Path, dict]:
+        """Decode throughput of `model` (None: the base model alone) and the base model,
+        interleaved window by window so both see the same machine load."""
+        from harness.teachers import load_model
+        from harness.throughput import bench_pair
+
+        b = self.cfg.bench
+        inputs = {"model": model_key, "bench": asdict(b), "dtype": self.cfg.dtype,
+                  "device": self.cfg.device, "threads": self.cfg.threads}
+
+        def fn(folder: Path) -> None:
+            other = load_model(model, self.cfg.dtype, self.cfg.device).model if model else None
+            result = bench_pair(self.base.model, other, b.context, b.batch, b.new_tokens,
+                                b.repeats)
+            atomic_write_text(folder / "bench.json", json.dumps(result, indent=2))
+        return self.store.run("bench", inputs, fn, label=label)
+
+    def run_cell(self, cell: Cell) -> dict:
+        recipe = get_recipe(cell.method)
+        steps: dict[str, dict] = {}
+        metrics: dict[str, float | None] = {}
+        layers: list[int] = []
+        if recipe.trains:
+            folder = self.distill(cell, steps)
+            summary = json.loads((folder / "distill.json").read_text())
+            layers = summary["layers"]
+            metrics["heldout_kl"] = summary["heldout_kl_final"]
+            metrics["heldout_kl_start"] = summary["heldout_kl_start"]
+            metrics["train_wall_s"] = summary["train_wall_s"]
+            model, model_key = str(folder), steps["distill"]["key"]
+        else:  # the base model: KL to itself is 0 by definition, nothing trained
+            metrics.update(heldout_kl=0.0, heldout_kl_start=0.0, train_wall_s=0.0)
+            model, model_key = None, f"base:{self.cfg.model}"
+        eval_dir, steps["eval"] = self.evaluate(model or self.cfg.model, model_key, cell.name)
+        ev = json.loads((eval_dir / "eval.json").read_text())
+        for task in self.cfg.eval.tasks:
+            metrics[task] = ev["tasks"][task]["metrics"][HEADLINE[task]]
+        metrics["eval_n"] = min(ev["tasks"][t]["n"] for t in self.cfg.eval.tasks)
+        bench_dir, steps["bench"] = self.bench(model, model_key, cell.name)
+        bench = json.loads((bench_dir / "bench.json").read_text())
+        metrics.update(decode_tok_s=bench["model"]["decode_tok_s"],
+                       base_decode_tok_s=bench["base"]["decode_tok_s"],
+                       speedup=bench["speedup"], state_bytes=bench["model"]["state_bytes"],
+                       base_state_bytes=bench["base"]["state_bytes"])
+        result = {
+            "method": cell.method, "seed": cell.seed, "recipe": recipe.as_dict(),
+            "layers": layers, "metrics": metrics,
+            "steps": {name: {"folder": f"{STEPS_DIR}/{name}-{rec['key']}", "key": rec["key"],
+                             "wall_s": rec["wall_s"], "cached": rec["cached"]}
+                      for name, rec in steps.items()},
+            "profile": self.cfg.profile, "config_hash": self.cfg.config_hash(),
+            "dtype": self.cfg.dtype, "device": self.cfg.device,
+            "threads": torch.get_num_threads(), "code_version": self.store.code,
+            "provenance": code_provenance()}
+        atomic_write_text(self.out / CELLS_DIR / f"{cell.name}.json",
+                          json.dumps(result, indent=2))
+        return result
+
+    def run(self) -> list[dict]:
+        from harness.teachers import load_model
+
+        cfg = self.cfg
+        # Denormal flushing changes float results; eval turns it on, so it is on from the start
+        # (a resumed run must compute exactly what an uninterrupted one does).
+        torch.set_flush_denormal(True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.base = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        atomic_write_text(self.out / RUN_FILE, json.dumps(
+            {"profile": cfg.profile, "config": cfg.as_dict(), "config_hash": cfg.config_hash()},
+            indent=2))
+        cells = plan_cells(cfg)
+        results = []
+        t0 = time.time()
+        for i, cell in enumerate(cells, 1):
+            print(f"[{i}/{len(cells)}] {cell.name} ({time.time() - t0:.0f} s)", flush=True)
+            results.append(self.run_cell(cell))
+        return results
