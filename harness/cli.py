@@ -600,9 +600,9 @@ def cmd_reproduce(args) -> int:
     cfg = load_config(args.profile)
     out = args.out or Path("results") / cfg.profile
     allow = code_execution_allowed(args.allow_code_execution)
+    preflight(cfg, out, allow)  # everything that can fail on input fails here, before writing
     for name in REPORT_FILES:
         check_output_file(out / name)
-    preflight(cfg, out, allow)  # everything that can fail on input fails here, before writing
     t0 = time.time()
     print(f"rad reproduce --profile {cfg.profile}: {cfg.model}, methods "
           f"{', '.join(cfg.methods)}, seeds {cfg.seeds}, k={cfg.k}; run folder {out}")

@@ -56,7 +56,7 @@ class DistillSettings:
 @dataclass(frozen=True)
 class EvalSettings:
     tasks: list[str] = field(default_factory=lambda: ["gsm8k", "math500", "humaneval"])
-    limit: int = 10  # problems per task (the first N, or N drawn with sample_seed)
+    limit: int | None = 10  # problems per task (first N, or N drawn with sample_seed); None: all
     sample_seed: int | None = None
     chat: bool = True  # 0-shot in the chat template (instruct models)
     max_gen_toks: int = 128

@@ -92,13 +92,13 @@ def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
     from harness.evaluate import EvalConfig, validate
     from harness.teachers import load_model
 
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"profile {cfg.profile} runs on cuda, and no GPU is visible here")
     validate(EvalConfig(model=cfg.model, tasks=cfg.eval.tasks, limit=cfg.eval.limit,
                         sample_seed=cfg.eval.sample_seed, chat=cfg.eval.chat,
                         allow_code_execution=allow_code_execution))
     from harness.data import load_task
     load_task("gsm8k", "train")  # distillation data and the selection prompts
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"profile {cfg.profile} runs on cuda, and no GPU is visible here")
     run_file = out / RUN_FILE
     if run_file.exists():
         try:

@@ -1,0 +1,360 @@
+"""The experiment harness: profiles, the runner (resume, determinism), the report, the gate."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from harness import cache, report
+from harness.cli import main
+from harness.experiments import SCHEMA, config_from_dict, load_config, profile_names
+from harness.gate import run_gate
+from harness.runner import CELLS_DIR, STEP_FILE, plan_cells
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+QUALITY = ("gsm8k", "math500", "humaneval", "heldout_kl", "heldout_kl_start", "state_bytes",
+           "eval_n")
+
+
+def _env() -> dict:
+    return dict(os.environ, RAD_DATA_DIR=os.environ.get("RAD_DATA_DIR") or str(SHARED_DATA),
+                RAD_ALLOW_CODE_EXECUTION="1", PYTHONUNBUFFERED="1")
+
+
+def _reproduce(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "reproduce", "--profile", "smoke", "--out",
+         str(out), *extra], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """One uninterrupted smoke run, in a subprocess (the runner sets process-wide torch
+    state: threads, denormal flushing)."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    proc = _reproduce(out)
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    return out
+
+
+def _results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+@pytest.fixture
+def cli(capsys):
+    def run(*argv: str) -> SimpleNamespace:
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:
+            rc = e.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(rc=rc, out=out, err=err)
+    return run
+
+
+def _one_line(err: str) -> str:
+    assert err.startswith("rad: error: ") and err.count("\n") == 1, err
+    return err
+
+
+# -- end to end ----------------------------------------------------------------------------------
+def test_smoke_profile_produces_every_table_and_plot(smoke_run):
+    cfg = load_config("smoke")
+    for name in report.REPORT_FILES:
+        assert (smoke_run / name).stat().st_size > 0, name
+    for png in ("pareto.png", "convergence.png", "redundancy.png"):
+        assert (smoke_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = _results(smoke_run)
+    assert res["schema"] == SCHEMA and res["profile"] == "smoke" and res["complete"]
+    assert [r["method"] for r in res["leaderboard"]] == cfg.methods
+    names = {f"{c['method']}-s{c['seed']}" for c in res["cells"]}
+    assert names == {c.name for c in plan_cells(cfg)}
+    for cell in res["cells"]:
+        m = cell["metrics"]
+        assert all(m[t] is not None and 0 <= m[t] <= 1 for t in cfg.eval.tasks)
+        assert m["decode_tok_s"] > 0 and m["speedup"] > 0 and m["state_bytes"] > 0
+        assert m["eval_n"] == cfg.eval.limit
+        # provenance a reader needs to trust a cell
+        assert {"git_commit", "packages"} <= cell["provenance"].keys()
+        assert cell["config_hash"] == cfg.config_hash() and cell["dtype"] == "fp32"
+        assert cell["device"] == "cpu" and all("wall_s" in s for s in cell["steps"].values())
+        assert (smoke_run / CELLS_DIR / f"{cell['method']}-s{cell['seed']}.json").exists()
+        if cell["method"] != "teacher":
+            assert len(cell["layers"]) == (4 if cell["method"] == "full-ssm" else cfg.k)
+    teacher = next(c for c in res["cells"] if c["method"] == "teacher")["metrics"]
+    assert teacher["heldout_kl"] == 0 and teacher["state_bytes"] == teacher["base_state_bytes"]
+    full = next(c for c in res["cells"] if c["method"] == "full-ssm")["metrics"]
+    assert full["state_bytes"] < teacher["state_bytes"]  # no KV cache left
+    rad = next(c for c in res["cells"] if c["method"] == "rad")
+    assert rad["layers"] == res["selection"]["layers"]
+    md = (smoke_run / "LEADERBOARD.md").read_text()
+    for method in cfg.methods:
+        assert f"| {method}" in md
+    assert "## Verdict" in md and "RAD beats plain distillation" in md
+    csv_lines = (smoke_run / "leaderboard.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,n_seeds,gsm8k_mean,gsm8k_std")
+    assert len(csv_lines) == 1 + len(cfg.methods)
+    assert set(res["curves"]) == {f"{m}-s{s}" for m in cfg.methods if m != "teacher"
+                                  for s in cfg.seeds}
+
+
+def _finished_steps(run: Path) -> dict[str, int]:
+    """step folder -> mtime of its step.json, for every finished step."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in (run / "steps").glob(f"*/{STEP_FILE}")}
+
+
+def _quality(res: dict) -> dict:
+    return {(c["method"], c["seed"]): ({k: c["metrics"][k] for k in QUALITY}, c["layers"])
+            for c in res["cells"]}
+
+
+def test_killed_run_resumes_to_identical_results_without_redoing_cells(smoke_run, tmp_path):
+    """SIGKILL the runner once a few cells are done, re-run: finished steps are not redone,
+    and every quality metric equals the uninterrupted run's (same profile + seeds ->
+    identical quality metrics)."""
+    out = tmp_path / "run"
+    proc = _reproduce(out)
+    deadline = time.time() + 600
+    while len(list((out / CELLS_DIR).glob("*.json"))) < 3:
+        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_cells = {p.stem for p in (out / CELLS_DIR).glob("*.json")}
+    finished = _finished_steps(out)
+    assert 3 <= len(done_cells) < len(plan_cells(load_config("smoke")))
+    assert not (out / "results.json").exists()
+
+    proc = _reproduce(out)
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    after = _finished_steps(out)
+    assert all(after[name] == mtime for name, mtime in finished.items())  # nothing redone
+    assert log.count("finished earlier") >= len(finished)
+    assert _quality(_results(out)) == _quality(_results(smoke_run))
+
+
+def test_report_rebuilds_the_same_tables(smoke_run, tmp_path, cli):
+    r = cli("report", str(smoke_run), "--out", str(tmp_path))
+    assert r.rc == 0, r.err
+    a, b = _results(smoke_run), _results(tmp_path)
+    assert a["leaderboard"] == b["leaderboard"] and a["verdict"] == b["verdict"]
+    assert (tmp_path / "leaderboard.csv").read_text() == (smoke_run / "leaderboard.csv").read_text()
+
+
+# -- atomic writes -------------------------------------------------------------------------------
+def test_a_crash_mid_write_leaves_the_previous_report_whole(smoke_run, tmp_path, monkeypatch):
+    cli_out = tmp_path / "report"
+    report.write_report(smoke_run, cli_out)
+    before = {p.name: p.read_bytes() for p in cli_out.iterdir()}
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            raise KeyboardInterrupt  # the process dies half-way through the file
+
+    monkeypatch.setattr(cache.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report(smoke_run, cli_out)
+    monkeypatch.setattr(cache.os, "fdopen", real_fdopen)
+    monkeypatch.setattr(report.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError):  # the plots: the rename fails after the image is drawn
+        report.plot_pareto(_results(smoke_run), cli_out / "pareto.png")
+    assert {p.name: p.read_bytes() for p in cli_out.iterdir()
+            if not p.name.startswith(".")} == before
+    json.loads((cli_out / "results.json").read_text())  # still whole
+    assert not [p for p in cli_out.iterdir() if p.name.startswith(".") and "results" in p.name]
+
+
+# -- gate ----------------------------------------------------------------------------------------
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _row(res: dict, method: str) -> dict:
+    return next(r for r in res["leaderboard"] if r["method"] == method)["metrics"]
+
+
+@pytest.fixture
+def gate_files(smoke_run, tmp_path):
+    base = _results(smoke_run)
+    return base, tmp_path / "baseline.json", tmp_path / "current.json"
+
+
+def test_gate_passes_on_identical_results(gate_files, capsys):
+    base, a, b = gate_files
+    assert run_gate(_write(a, base), _write(b, base)) == 0
+    assert "no regression" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("plant", ["accuracy", "throughput", "kl"])
+def test_gate_fails_on_a_planted_regression(gate_files, plant, capsys):
+    base, a, b = gate_files
+    cur = copy.deepcopy(base)
+    if plant == "accuracy":  # the baseline solved a problem the current run does not
+        _row(base, "rad")["humaneval"]["mean"] = 0.5
+    elif plant == "throughput":
+        _row(cur, "rad")["speedup"]["mean"] *= 0.3
+    else:
+        _row(cur, "rad")["heldout_kl"]["mean"] *= 1.5
+    assert run_gate(_write(a, base), _write(b, cur)) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "1 regression" in out
+
+
+def test_gate_tolerates_timing_noise_within_the_config(gate_files):
+    base, a, b = gate_files
+    cur = copy.deepcopy(base)
+    _row(cur, "rad")["speedup"]["mean"] *= 1 - base["config"]["gate"]["speedup_drop"] / 2
+    assert run_gate(_write(a, base), _write(b, cur)) == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(schema="something/else"), "schema"),
+    (lambda r: r.update(profile="cpu"), "profile mismatch"),
+    (lambda r: r["config"]["eval"].update(limit=3), "eval.limit"),
+    (lambda r: r["leaderboard"].pop(), "no 'full-ssm' row"),
+])
+def test_gate_refuses_results_it_cannot_compare(gate_files, cli, change, message):
+    base, a, b = gate_files
+    cur = copy.deepcopy(base)
+    change(cur)
+    r = cli("gate", "--baseline", str(_write(a, base)), "--current", str(_write(b, cur)))
+    assert r.rc == 2 and message in _one_line(r.err)
+    b.write_text("{not json")
+    r = cli("gate", "--baseline", str(a), "--current", str(b))
+    assert r.rc == 2 and "cannot read current" in _one_line(r.err)
+
+
+# -- configs and bad input -----------------------------------------------------------------------
+def test_shipped_profiles_validate():
+    assert {"smoke", "cpu", "paper"} <= set(profile_names())
+    for name in profile_names():
+        cfg = load_config(name)
+        assert cfg.profile == name and "teacher" in cfg.methods and len(cfg.seeds) >= 2
+        assert {"rad", "plain-distill", "random-swap", "full-ssm"} <= set(cfg.methods)
+    assert load_config("cpu").model == "smollm2-135m-instruct" and load_config("cpu").k == 15
+
+
+def _smoke_dict() -> dict:
+    return yaml.safe_load((Path(report.__file__).parent / "profiles/smoke.yaml").read_text())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(stpes=3), "unknown key 'stpes'"),
+    (lambda d: d["distill"].update(stpes=3), "config.distill: unknown key 'stpes'"),
+    (lambda d: d["distill"].update(steps="many"), "config.distill.steps: expected int"),
+    (lambda d: d.update(methods=["teacher", "rad", "magic"]), "unknown method 'magic'"),
+    (lambda d: d["eval"].update(tasks=["gsm8k", "mmlu"]), "unknown task 'mmlu'"),
+    (lambda d: d.update(seeds=[]), "at least one seed"),
+    (lambda d: d.pop("model"), "missing key 'model'"),
+    (lambda d: d["bench"].update(batch=0), "bench.batch must be >= 1"),
+])
+def test_config_validation_names_the_problem(edit, message):
+    d = _smoke_dict()
+    edit(d)
+    with pytest.raises(Exception) as e:
+        config_from_dict(d)
+    assert message in str(e.value)
+
+
+def _bad_yaml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--profile", "{tmp}/missing.yaml"], "does not exist"),
+    (["--profile", "{bad}"], "invalid YAML at line 2"),
+    (["--profile", "{unknown_key}"], "unknown key 'sedes'"),
+    (["--profile", "smoke"], "executes model-written code"),  # HumanEval needs the opt-in
+])
+def test_reproduce_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, monkeypatch, argv,
+                                                            message):
+    monkeypatch.delenv("RAD_ALLOW_CODE_EXECUTION", raising=False)
+    d = _smoke_dict()
+    d["sedes"] = d.pop("seeds")
+    subs = {"tmp": str(tmp_path), "bad": _bad_yaml(tmp_path, "profile: x\n  methods: [a\n"),
+            "unknown_key": _bad_yaml(tmp_path / "..", yaml.safe_dump(d))}
+    out = tmp_path / "out"
+    r = cli("reproduce", *[a.format(**subs) for a in argv], "--out", str(out))
+    assert r.rc == 2 and message in _one_line(r.err)
+    assert not out.exists()
+
+
+def test_reproduce_refuses_missing_data_and_a_gpu_profile_without_gpu(tmp_path, cli,
+                                                                       monkeypatch):
+    data = os.environ.get("RAD_DATA_DIR") or str(SHARED_DATA)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("RAD_DATA_DIR", str(empty))
+    out = tmp_path / "out"
+    r = cli("reproduce", "--profile", "smoke", "--out", str(out), "--allow-code-execution")
+    assert r.rc == 2 and "RAD_DATA_DIR" in _one_line(r.err) and not out.exists()
+    monkeypatch.setenv("RAD_DATA_DIR", data)
+    r = cli("reproduce", "--profile", "paper", "--out", str(out), "--allow-code-execution")
+    assert r.rc == 2 and "no GPU" in _one_line(r.err) and not out.exists()
+
+
+def test_reproduce_refuses_a_run_folder_of_another_config(smoke_run, tmp_path, cli):
+    d = _smoke_dict()
+    d["distill"]["steps"] = 7
+    other = _bad_yaml(tmp_path, yaml.safe_dump(d))
+    before = (smoke_run / "results.json").read_bytes()
+    r = cli("reproduce", "--profile", other, "--out", str(smoke_run), "--allow-code-execution")
+    assert r.rc == 2 and "another config" in _one_line(r.err)
+    assert (smoke_run / "results.json").read_bytes() == before
+
+
+# -- pieces --------------------------------------------------------------------------------------
+def test_verdict_compare_statuses():
+    def s(*values):
+        import statistics
+        return {"mean": statistics.fmean(values), "values": list(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    assert report.compare(s(1.0, 1.1), s(2.0, 2.1), False)["status"] == "reproduced"
+    assert report.compare(s(1.0, 1.4), s(1.3, 1.5), False)["status"].startswith("direction")
+    assert report.compare(s(2.0, 2.1), s(1.0, 1.1), False)["status"] == "not reproduced"
+    assert report.compare(s(0.5), s(0.4), True, floor=0.2)["status"].startswith("direction")
+
+
+def test_bench_pair_against_itself_and_a_hybrid():
+    from tiny_models import pair
+
+    from harness.throughput import bench_pair
+    from rad.hybrid import build_hybrid
+
+    _, model = pair("llama")
+    alone = bench_pair(model, None, context=32, batch=2, new_tokens=2, repeats=2)
+    assert alone["speedup"] == 1.0 and alone["model"] == alone["base"]
+    hybrid = build_hybrid(model, [0, 2], "kqvo", 0)
+    pair = bench_pair(model, hybrid, context=32, batch=2, new_tokens=2, repeats=2)
+    assert pair["model"]["mamba_layers"] == 2 and pair["base"]["mamba_layers"] == 0
+    assert len(pair["speedup_runs"]) == 2 and pair["speedup"] > 0
+    assert pair["model"]["state_bytes"] != pair["base"]["state_bytes"]
