@@ -115,30 +115,8 @@ def markdown(rep: dict) -> str:
 
 
 def plot(rep: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors: dict[str, str] = {}
-    for name, curve in rep["curves"].items():
-        method = name.rsplit("-s", 1)[0]
-        label = None if method in colors else method  # one legend entry per method
-        color = colors.setdefault(method, f"C{len(colors)}")
-        ax.plot([c["step"] for c in curve], [c["heldout_kl"] for c in curve], color=color,
-                alpha=0.85, label=label, marker="o", markersize=3)
-    ax.axhline(rep["target_kl"], color="gray", linestyle="--", linewidth=1,
-               label=f"{rep['reference']} final (target)")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("held-out KL(teacher || student)")
-    ax.set_yscale("log")
-    ax.set_title("Distillation convergence (one line per seed)")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    from harness.report import plot_kl_curves
+    plot_kl_curves(rep["curves"], path, (rep["target_kl"], f"{rep['reference']} final (target)"))
 
 
 def write_report(rep: dict, out: Path) -> list[Path]:

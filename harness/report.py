@@ -344,19 +344,24 @@ def plot_pareto(result: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_convergence(result: dict, path: Path) -> None:
+def plot_kl_curves(curves: dict[str, list[dict]], path: Path,
+                   target: tuple[float, str] | None = None) -> None:
+    """Held-out KL against optimiser steps, one line per `<method>-s<seed>` curve, one colour
+    and legend entry per method; `target` = (KL, name) draws a reference line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors: dict[str, str] = {}
-    for name, curve in result["curves"].items():
+    for name, curve in curves.items():
         method = name.rsplit("-s", 1)[0]
-        label = None if method in colors else method  # one legend entry per method
-        color = colors.setdefault(method, f"C{len(colors) + 1}")
+        label = None if method in colors else method
+        color = colors.setdefault(method, f"C{len(colors)}")
         ax.plot([c["step"] for c in curve], [c["heldout_kl"] for c in curve], color=color,
                 alpha=0.85, label=label, marker="o", markersize=3)
+    if target is not None:
+        ax.axhline(target[0], color="gray", linestyle="--", linewidth=1, label=target[1])
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("held-out KL(teacher || student)")
     ax.set_yscale("log")
@@ -364,6 +369,10 @@ def plot_convergence(result: dict, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_convergence(result: dict, path: Path) -> None:
+    plot_kl_curves(result["curves"], path)
 
 
 def plot_redundancy(result: dict, path: Path) -> None:

@@ -83,7 +83,8 @@ def test_models_lists_registered_teachers(cli):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--help"], ["generate", "models", "data", "bench", "reproduce", "hybrid"]),
+    (["--help"], ["generate", "models", "data", "bench", "reproduce", "hybrid", "report",
+                "gate"]),
     (["hybrid", "build", "--help"], ["--layers", "--init", "kqvo", "skip", "--out"]),
     (["bench", "throughput", "--help"], ["--contexts", "--batch", "--with-hybrids", "--json"]),
     (["bench", "runtime", "--help"], ["--model", "--batch", "--new-tokens", "--repeats",
