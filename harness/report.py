@@ -72,10 +72,15 @@ def collect(run: Path) -> dict:
     board = []
     for method in dict.fromkeys(c["method"] for c in cells):
         mine = [c for c in cells if c["method"] == method]
+        metrics = {col.metric: _mean_std([c["metrics"][col.metric] for c in mine])
+                   for col in columns(tasks)}
+        paired = [c for c in cells if c["method"] != "teacher"]
+        if method == "teacher" and paired:  # the base model timed beside every other cell
+            metrics["decode_tok_s"] = _mean_std([c["metrics"]["base_decode_tok_s"]
+                                                 for c in paired])
         board.append({"method": method, "seeds": [c["seed"] for c in mine],
                       "layers": {str(c["seed"]): c["layers"] for c in mine},
-                      "metrics": {col.metric: _mean_std([c["metrics"][col.metric] for c in mine])
-                                  for col in columns(tasks)}})
+                      "metrics": metrics})
     curves = {}
     for c in cells:
         if "distill" in c["steps"]:
@@ -258,7 +263,8 @@ def leaderboard_markdown(result: dict) -> str:
         f"- Decode tok/s: greedy decoding of {b['batch']} rows after a {b['context']}-token "
         f"context, median of {b['repeats']} windows of {b['new_tokens']} steps; speedup = the "
         "median per-window ratio to the base model timed in the same step, interleaved (the "
-        "only timing the gate compares). State MiB: KV cache + SSM state for that batch and "
+        "only timing the gate compares); the teacher row's tok/s is the mean ± std of those "
+        "base-model timings over the other cells. State MiB: KV cache + SSM state for that batch and "
         "context. Train wall s: training time of the cell on this machine.",
         "", "## Verdict (per claim of the paper)", "",
         "| claim | status | evidence |", "|---|---|---|"]

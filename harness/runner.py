@@ -57,9 +57,10 @@ def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
 class StepStore:
     """Content-addressed step folders under RUN/steps/<name>-<key>/."""
 
-    def __init__(self, root: Path, code: str):
+    def __init__(self, root: Path, code: str, provenance: dict):
         self.root = root / STEPS_DIR
         self.code = code
+        self.provenance = provenance
 
     def key(self, name: str, inputs: dict) -> str:
         blob = json.dumps({"step": name, "code": self.code, "inputs": inputs}, sort_keys=True)
@@ -80,7 +81,7 @@ class StepStore:
         t0 = time.time()
         fn(folder)
         record = {"step": name, "key": key, "inputs": inputs, "code_version": self.code,
-                  "wall_s": round(time.time() - t0, 2), "provenance": code_provenance()}
+                  "wall_s": round(time.time() - t0, 2), "provenance": self.provenance}
         atomic_write_text(marker, json.dumps(record, indent=2))  # written last: finished
         return folder, {**record, "cached": False}
 
@@ -124,7 +125,10 @@ class Runner:
         self.cfg = cfg
         self.out = Path(out).resolve()
         self.allow = allow_code_execution
-        self.store = StepStore(self.out, code_version())
+        # Read once, at the start: the code this process runs. The checkout may move on while
+        # a long run goes (a commit, an edit), and must not be what the results claim.
+        self.provenance = code_provenance()
+        self.store = StepStore(self.out, code_version(), self.provenance)
         self.base = None  # LoadedModel, set by run()
         self._selection: tuple[Path, dict, dict] | None = None
 
@@ -262,7 +266,7 @@ class Runner:
             "profile": self.cfg.profile, "config_hash": self.cfg.config_hash(),
             "dtype": self.cfg.dtype, "device": self.cfg.device,
             "threads": torch.get_num_threads(), "code_version": self.store.code,
-            "provenance": code_provenance()}
+            "provenance": self.provenance}
         atomic_write_text(self.out / CELLS_DIR / f"{cell.name}.json",
                           json.dumps(result, indent=2))
         return result

@@ -31,11 +31,21 @@ def _env() -> dict:
                 RAD_ALLOW_CODE_EXECUTION="1", PYTHONUNBUFFERED="1")
 
 
-def _reproduce(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "reproduce", "--profile", "smoke", "--out",
-         str(out), *extra], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True)
+def _reproduce(out: Path, log: Path) -> subprocess.Popen:
+    """`rad reproduce --profile smoke` in its own process group, output to `log` (a pipe
+    nobody reads would fill up and stall it)."""
+    with open(log, "a") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "reproduce", "--profile", "smoke", "--out",
+             str(out)], env=_env(), stdout=f, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> str:
+    proc.wait(timeout=900)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    return text
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +53,8 @@ def smoke_run(tmp_path_factory) -> Path:
     """One uninterrupted smoke run, in a subprocess (the runner sets process-wide torch
     state: threads, denormal flushing)."""
     out = tmp_path_factory.mktemp("smoke") / "run"
-    proc = _reproduce(out)
-    log, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, log[-3000:]
+    log = out.with_name("log.txt")
+    _finish(_reproduce(out, log), log)
     return out
 
 
@@ -125,8 +134,8 @@ def test_killed_run_resumes_to_identical_results_without_redoing_cells(smoke_run
     """SIGKILL the runner once a few cells are done, re-run: finished steps are not redone,
     and every quality metric equals the uninterrupted run's (same profile + seeds ->
     identical quality metrics)."""
-    out = tmp_path / "run"
-    proc = _reproduce(out)
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = _reproduce(out, log)
     deadline = time.time() + 600
     while len(list((out / CELLS_DIR).glob("*.json"))) < 3:
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
@@ -138,12 +147,11 @@ def test_killed_run_resumes_to_identical_results_without_redoing_cells(smoke_run
     assert 3 <= len(done_cells) < len(plan_cells(load_config("smoke")))
     assert not (out / "results.json").exists()
 
-    proc = _reproduce(out)
-    log, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, log[-3000:]
+    log.write_text("")
+    text = _finish(_reproduce(out, log), log)
     after = _finished_steps(out)
     assert all(after[name] == mtime for name, mtime in finished.items())  # nothing redone
-    assert log.count("finished earlier") >= len(finished)
+    assert text.count("finished earlier") >= len(finished)
     assert _quality(_results(out)) == _quality(_results(smoke_run))
 
 
