@@ -102,9 +102,10 @@ def table(results: list[Check]) -> str:
              f"{'change':>9s} {'limit':>10s}  status"]
     for c in results:
         change = c.current - c.baseline
-        lines.append(f"{c.method:14s} {names[c.metric]:20s} {c.baseline:10.4f} "
-                     f"{c.current:10.4f} {change:+9.4f} {('>= ' if c.higher_is_better else '<= ')}"
-                     f"{c.limit:7.4f}  {'REGRESSION' if c.regressed else 'ok'}")
+        lines.append(f"{c.method:14s} {names[c.metric]:20s} {c.baseline:10.4g} "
+                     f"{c.current:10.4g} {change:+9.2g} "
+                     f"{'>=' if c.higher_is_better else '<='} {c.limit:7.4g}  "
+                     f"{'REGRESSION' if c.regressed else 'ok'}")
     return "\n".join(lines)
 
 

@@ -264,8 +264,8 @@ def leaderboard_markdown(result: dict) -> str:
         f"context, median of {b['repeats']} windows of {b['new_tokens']} steps; speedup = the "
         "median per-window ratio to the base model timed in the same step, interleaved (the "
         "only timing the gate compares); the teacher row's tok/s is the mean ± std of those "
-        "base-model timings over the other cells. State MiB: KV cache + SSM state for that batch and "
-        "context. Train wall s: training time of the cell on this machine.",
+        "base-model timings over the other cells. State MiB: KV cache + SSM state for that "
+        "batch and context. Train wall s: training time of the cell on this machine.",
         "", "## Verdict (per claim of the paper)", "",
         "| claim | status | evidence |", "|---|---|---|"]
     lines += [f"| {v['claim']} | {v['status']} | {v.get('detail', '')} |"
