@@ -366,3 +366,17 @@ def test_bench_pair_against_itself_and_a_hybrid():
     assert pair["model"]["mamba_layers"] == 2 and pair["base"]["mamba_layers"] == 0
     assert len(pair["speedup_runs"]) == 2 and pair["speedup"] > 0
     assert pair["model"]["state_bytes"] != pair["base"]["state_bytes"]
+
+
+def test_data_files_the_cli_reads_are_packaged():
+    """`rad` in tox runs from an installed wheel: a profile or task config that is not in
+    pyproject's package-data exists in the checkout and nowhere else (CI caught this once)."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(report.__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["harness"]
+    for path in [*(root / "harness/profiles").glob("*"), *(root / "harness/tasks").glob("*")]:
+        rel = str(path.relative_to(root / "harness"))
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not in package-data"
