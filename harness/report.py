@@ -81,20 +81,28 @@ def collect(run: Path) -> dict:
         board.append({"method": method, "seeds": [c["seed"] for c in mine],
                       "layers": {str(c["seed"]): c["layers"] for c in mine},
                       "metrics": metrics})
+    # Step folders (large) are not committed: a committed run folder is re-reported from the
+    # results.json it already holds, for every step whose key it recorded.
+    previous = _previous(run)
     curves = {}
     for c in cells:
         if "distill" in c["steps"]:
-            lines = (run / c["steps"]["distill"]["folder"] / "curve.jsonl").read_text()
-            curves[f"{c['method']}-s{c['seed']}"] = [
-                {k: e[k] for k in ("step", "heldout_kl", "wall_s", "train_loss")}
-                for e in map(json.loads, lines.splitlines())]
+            name = f"{c['method']}-s{c['seed']}"
+            path = run / c["steps"]["distill"]["folder"] / "curve.jsonl"
+            if path.exists():
+                curves[name] = [{k: e[k] for k in ("step", "heldout_kl", "wall_s", "train_loss")}
+                                for e in map(json.loads, path.read_text().splitlines())]
+            else:
+                curves[name] = _recorded(previous, c, "distill", path)["curves"][name]
     sel_cell = next((c for c in cells if "select" in c["steps"]), None)
     redundancy = selection = None
     if sel_cell:
-        redundancy = _read(run / sel_cell["steps"]["diagnose"]["folder"] / "redundancy.json",
-                           "redundancy profile")
-        selection = _read(run / sel_cell["steps"]["select"]["folder"] / "selection.json",
-                          "selection")
+        red_path = run / sel_cell["steps"]["diagnose"]["folder"] / "redundancy.json"
+        sel_path = run / sel_cell["steps"]["select"]["folder"] / "selection.json"
+        redundancy = (_read(red_path, "redundancy profile") if red_path.exists()
+                      else _recorded(previous, sel_cell, "diagnose", red_path)["redundancy"])
+        selection = (_read(sel_path, "selection") if sel_path.exists()
+                     else _recorded(previous, sel_cell, "select", sel_path)["selection"])
     from harness.provenance import code_provenance
     result = {"schema": SCHEMA, "profile": info["profile"], "config": cfg,
               "config_hash": info["config_hash"],
@@ -104,6 +112,26 @@ def collect(run: Path) -> dict:
               "curves": curves, "redundancy": redundancy, "selection": selection}
     result["verdict"] = verdict(result)
     return result
+
+
+def _previous(run: Path) -> dict:
+    path = run / "results.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def _recorded(previous: dict, cell: dict, step: str, missing: Path) -> dict:
+    """`previous` (an earlier results.json) if it recorded this cell's `step` with the same
+    key, else a one-line error naming the missing file."""
+    key = cell["steps"][step]["key"]
+    for old in previous.get("cells", []):
+        if (old["method"], old["seed"]) == (cell["method"], cell["seed"]) and \
+                old["steps"].get(step, {}).get("key") == key:
+            return previous
+    raise UserError(f"{missing} is missing and no results.json beside it recorded that step; "
+                    "re-run 'rad reproduce' into this folder to rebuild it")
 
 
 def _planned(cfg: dict) -> list[str]:

@@ -380,3 +380,20 @@ def test_data_files_the_cli_reads_are_packaged():
     for path in [*(root / "harness/profiles").glob("*"), *(root / "harness/tasks").glob("*")]:
         rel = str(path.relative_to(root / "harness"))
         assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not in package-data"
+
+
+def test_a_committed_run_folder_reports_without_its_step_folders(smoke_run, tmp_path, cli):
+    """results/<profile>/ is committed without steps/ (hybrids, checkpoints): `rad report`
+    must still rebuild it, from the results.json it holds, and say so when it cannot."""
+    import shutil
+
+    copy_ = tmp_path / "committed"
+    shutil.copytree(smoke_run, copy_, ignore=shutil.ignore_patterns("steps"))
+    r = cli("report", str(copy_), "--out", str(tmp_path / "again"))
+    assert r.rc == 0, r.err
+    a, b = _results(smoke_run), _results(tmp_path / "again")
+    for key in ("leaderboard", "curves", "selection", "redundancy", "verdict"):
+        assert a[key] == b[key], key
+    (copy_ / "results.json").unlink()
+    r = cli("report", str(copy_), "--out", str(tmp_path / "third"))
+    assert r.rc == 2 and "is missing" in _one_line(r.err)
