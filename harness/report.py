@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cache import atomic_write_text, check_output_file
+from harness.distill_compare import REFERENCE, first_reaching
 from harness.errors import UserError
 from harness.experiments import SCHEMA
-from harness.runner import CELLS_DIR, RUN_FILE
+from harness.runner import CELLS_DIR, HEADLINE, RUN_FILE
 
 REPORT_FILES = ("results.json", "LEADERBOARD.md", "leaderboard.csv", "pareto.png",
                 "convergence.png", "redundancy.png")
-REFERENCE = "plain-distill"  # convergence is measured against the paper's baseline
 TASK_NAMES = {"gsm8k": "GSM8K", "math500": "MATH-500", "humaneval": "HumanEval"}
 
 
@@ -219,8 +219,8 @@ def _convergence_claim(result: dict) -> dict:
     if not ref or not mine:
         return {"claim": claim, "status": "not tested", "detail": "needs rad and plain-distill"}
     target = statistics.fmean(c[-1]["heldout_kl"] for c in ref)
-    hits = [next((e["step"] for e in c if e["heldout_kl"] <= target), None) for c in mine]
-    ref_hits = [next((e["step"] for e in c if e["heldout_kl"] <= target), None) for c in ref]
+    hits = [h["step"] if (h := first_reaching(c, target)) else None for c in mine]
+    ref_hits = [h["step"] if (h := first_reaching(c, target)) else None for c in ref]
     total = ref[0][-1]["step"]
     if any(h is None for h in hits):
         return {"claim": claim, "status": "not reproduced", "target_kl": target,
@@ -281,7 +281,7 @@ def leaderboard_markdown(result: dict) -> str:
         "- Each cell is the mean ± sample std over seeds (training seed: init, data order and, "
         "for random-swap, the layers; RAD's Bayesian selection runs once). Bold: best method "
         "(the teacher row is the reference, not a contender).",
-        f"- Accuracy: {', '.join(f'{TASK_NAMES[t]} `{h}`' for t, h in _headlines(tasks))}, on "
+        f"- Accuracy: {', '.join(f'{TASK_NAMES[t]} `{HEADLINE[t]}`' for t in tasks)}, on "
         f"{e['limit']} problems per task ({'0-shot chat' if e['chat'] else 'few-shot'}, "
         f"greedy, at most {e['max_gen_toks']} new tokens): one problem is "
         f"{1 / e['limit']:.2f} of accuracy.",
@@ -316,11 +316,6 @@ def leaderboard_markdown(result: dict) -> str:
               "per-cell commits, package versions, threads and step wall times are in "
               "results.json (`cells`)."]
     return "\n".join(lines) + "\n"
-
-
-def _headlines(tasks: list[str]):
-    from harness.runner import HEADLINE
-    return [(t, HEADLINE[t]) for t in tasks]
 
 
 def leaderboard_csv(result: dict) -> str:

@@ -89,7 +89,6 @@ class StepStore:
 # -- preflight: everything that can fail is checked before anything is written --------------------
 def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
     """Data, opt-in, model, k, and the run folder; returns the loaded base model."""
-    from harness.distill_data import gsm8k_documents  # noqa: F401  (import errors early)
     from harness.evaluate import EvalConfig, validate
     from harness.teachers import load_model
 
@@ -134,16 +133,12 @@ class Runner:
 
     # shared: RAD steps 1-2 ------------------------------------------------------------------
     def _workload(self):
-        from harness.prompt_sets import build_prompt_set
-        from harness.selection_runs import Workload
+        from harness.selection_runs import workload_for
         from rad.redundancy import SpecSettings
 
         s = self.cfg.selection
-        pset = build_prompt_set(s.prompts, self.base.tokenizer)
-        ids = [torch.tensor([self.base.tokenizer(t, add_special_tokens=False)["input_ids"]])
-               for t in pset.texts]
-        return Workload(self.base, pset, ids, SpecSettings(s.gamma, s.max_new_tokens),
-                        self.cfg.dtype)
+        return workload_for(self.base, s.prompts, SpecSettings(s.gamma, s.max_new_tokens),
+                            self.cfg.dtype)
 
     def selection(self) -> tuple[Path, dict, dict]:
         """(select step folder, its record, the diagnose record): diagnose runs first (its

@@ -44,7 +44,11 @@ def load_workload(model: str, prompts: str, settings: SpecSettings, dtype: str,
                   device: str = "cpu") -> Workload:
     if settings.gamma < 1 or settings.max_new_tokens < 1:
         raise UserError("--gamma and --max-new-tokens must be >= 1")
-    lm = load_model(model, dtype=dtype, device=device)
+    return workload_for(load_model(model, dtype=dtype, device=device), prompts, settings, dtype)
+
+
+def workload_for(lm: LoadedModel, prompts: str, settings: SpecSettings, dtype: str) -> Workload:
+    """The prompt set tokenised for an already loaded model."""
     pset = build_prompt_set(prompts, lm.tokenizer)
     ids = [torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]])
            for t in pset.texts]
