@@ -1,8 +1,9 @@
-"""The baselines RAD is compared against, and ablations, as recipes (see `rad.recipes`)."""
+"""The baselines RAD is compared against, and ablations, as recipes (see `rad.method.recipes`)."""
 
 from __future__ import annotations
 
-from rad.recipes import Recipe, register_recipe
+import baselines.selectors  # noqa: F401  (the selectors these recipes name)
+from rad.method.recipes import Recipe, register_recipe
 
 register_recipe(Recipe(
     "plain-distill", "uniform", "kqvo", "all",

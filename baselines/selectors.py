@@ -1,49 +1,11 @@
-"""Layer selectors: which k attention layers become Mamba2 mixers.
-
-Every selector has one signature, `select(request) -> sorted list of k distinct layer indices`,
-so later steps (build, distill, report) treat RAD's search and its baselines alike.
-"""
+"""Baseline layer selectors, registered into `rad.method.select.SELECTORS` (same signature as
+RAD's search: `selector(request) -> sorted list of k distinct layer indices`)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-
-@dataclass(frozen=True)
-class SelectionRequest:
-    n_layers: int
-    k: int
-    seed: int = 0
-    # What a model-driven selector (RAD's search) needs: model, prompts, options. Baselines
-    # ignore it.
-    context: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.k <= self.n_layers:
-            raise ValueError(f"k must be in 1..{self.n_layers} (the number of layers); "
-                             f"got {self.k}")
-
-
-Selector = Callable[[SelectionRequest], list[int]]
-SELECTORS: dict[str, Selector] = {}
-
-
-def register_selector(name: str):
-    def deco(fn: Selector) -> Selector:
-        SELECTORS[name] = fn
-        return fn
-    return deco
-
-
-def get_selector(name: str) -> Selector:
-    if name == "rad" and name not in SELECTORS:
-        import rad.selection  # noqa: F401  (registers the Bayesian search)
-    if name not in SELECTORS:
-        raise KeyError(f"unknown selector {name!r}; known: {', '.join(sorted(SELECTORS))}, rad")
-    return SELECTORS[name]
+from rad.method.select import SelectionRequest, register_selector
 
 
 @register_selector("uniform")
@@ -55,10 +17,11 @@ def uniform(req: SelectionRequest) -> list[int]:
 
 @register_selector("random")
 def random_layers(req: SelectionRequest) -> list[int]:
+    """k layers drawn at random with the request's seed."""
     return sorted(random.Random(req.seed).sample(range(req.n_layers), req.k))
 
 
-@register_selector("all")
+@register_selector("all", replaces_all=True)
 def all_layers(req: SelectionRequest) -> list[int]:
     """Every layer (the full-SSM baseline); only k = n_layers makes sense."""
     if req.k != req.n_layers:

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import rad.generate
-import rad.prompts
+import rad.runtime.decode
+import rad.runtime.prompts
 from harness.cli import main
-from harness.teachers import TEACHERS, resolve_model_folder
+from harness.models import TEACHERS, resolve_model_folder
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GENERATE = ["generate", "--model", "tiny-random", "--prompt", "hello world",
@@ -44,9 +44,9 @@ def cli(capsys):
 
 @pytest.fixture
 def generate_calls(monkeypatch) -> list[SimpleNamespace]:
-    """Record each greedy_generate call the CLI makes (arguments and result)."""
+    """Record each generate call the CLI makes (arguments and result)."""
     calls: list[SimpleNamespace] = []
-    real = rad.generate.greedy_generate
+    real = rad.runtime.decode.generate
 
     def spy(model, input_ids, *args, **kwargs):
         result = real(model, input_ids, *args, **kwargs)
@@ -54,7 +54,7 @@ def generate_calls(monkeypatch) -> list[SimpleNamespace]:
                                      kwargs=kwargs, result=result))
         return result
 
-    monkeypatch.setattr(rad.generate, "greedy_generate", spy)
+    monkeypatch.setattr(rad.runtime.decode, "generate", spy)
     return calls
 
 
@@ -119,13 +119,13 @@ def test_generate_prints_the_completion(tiny_folder, cli, generate_calls):
 
 def test_generate_chat_uses_the_template(tiny_folder, cli, generate_calls, monkeypatch):
     rendered: list[str] = []
-    real = rad.prompts.render_prompt
+    real = rad.runtime.prompts.render_prompt
 
     def spy(tokenizer, text, chat):
         rendered.append(real(tokenizer, text, chat))
         return rendered[-1]
 
-    monkeypatch.setattr(rad.prompts, "render_prompt", spy)
+    monkeypatch.setattr(rad.runtime.prompts, "render_prompt", spy)
     r = cli(*GENERATE, "--chat")
     assert r.rc == 0
     assert r.out.endswith("\n")

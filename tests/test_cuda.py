@@ -29,7 +29,7 @@ def _scan_inputs(b, T, H, P, N, seed, device=CUDA):
 @pytest.mark.parametrize("T, chunk, with_state", [(1, 64, False), (100, 64, True),
                                                    (256, 64, False), (777, 128, True)])
 def test_mamba_ssm_kernel_matches_the_torch_chunked_scan(T, chunk, with_state):
-    from rad.mamba2 import _kernel_scan, kernel_available, ssd_chunked
+    from rad.runtime.ssd import kernel_available, kernel_scan, ssd_chunked
 
     if not kernel_available(CUDA):
         pytest.skip("mamba-ssm's chunk scan does not import here")
@@ -37,15 +37,15 @@ def test_mamba_ssm_kernel_matches_the_torch_chunked_scan(T, chunk, with_state):
     init = state if with_state else None
     y_ref, s_ref = ssd_chunked(x.double(), dt.double(), A.double(), B.double(), C.double(),
                                chunk, None if init is None else init.double())
-    y, s = _kernel_scan(x, dt, A, B, C, chunk, init)
+    y, s = kernel_scan(x, dt, A, B, C, chunk, init)
     assert _rel_err(y, y_ref) < 5e-3 and _rel_err(s, s_ref) < 5e-3  # tf32 dots
 
 
 def test_mixer_and_hybrid_on_cuda_match_the_cpu_reference():
     from tiny_models import pair
 
-    from rad.generate import greedy_generate
-    from rad.hybrid import build_hybrid
+    from rad.method.replace import build_hybrid
+    from rad.runtime.decode import generate
 
     _, model = pair("llama")
     hybrid = build_hybrid(model, [0, 2], "kqvo", seed=0).eval()
@@ -56,17 +56,17 @@ def test_mixer_and_hybrid_on_cuda_match_the_cpu_reference():
         gpu = build_hybrid(model, [0, 2], "kqvo", seed=0).eval().to(CUDA)
         out = gpu(ids.to(CUDA))
         assert _rel_err(out.cpu(), ref) < 1e-3
-        cpu_tokens = greedy_generate(hybrid, ids[:1], None, 12, ()).tokens
-        gpu_tokens = greedy_generate(gpu, ids[:1].to(CUDA), None, 12, ()).tokens
+        cpu_tokens = generate(hybrid, ids[:1], None, 12, ()).tokens
+        gpu_tokens = generate(gpu, ids[:1].to(CUDA), None, 12, ()).tokens
     assert cpu_tokens == gpu_tokens
 
 
 def test_distillation_steps_on_cuda_follow_the_cpu_run(tmp_path):
     from tiny_models import pair
 
-    from rad.hybrid import build_hybrid
-    from rad.kd import teacher_targets
-    from rad.train import TrainConfig, train
+    from rad.method.distill.loop import TrainConfig, train
+    from rad.method.distill.losses import teacher_targets
+    from rad.method.replace import build_hybrid
 
     _, teacher = pair("llama")
     ids = torch.randint(0, teacher.cfg.vocab_size, (8, 24),

@@ -1,4 +1,4 @@
-"""Tests for harness.data: shipped files, strict parsing, missing data, fetch and check."""
+"""Tests for harness.tasks.data: shipped files, strict parsing, missing data, fetch and check."""
 
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ from typing import Any
 
 import pytest
 
-from harness import data
-from harness.data import (
-    GSM8KExample,
-    HumanEvalExample,
-    MathExample,
-    check,
-    fetch,
-    file_sha256,
-    load_task,
-)
-from harness.errors import DataError
+from harness.common.errors import DataError
+from harness.tasks import data
+from harness.tasks.data import check, fetch, file_sha256, load_task
+from harness.tasks.gsm8k import GSM8KExample
+from harness.tasks.humaneval import HumanEvalExample
+from harness.tasks.math500 import MathExample
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GOOD_GSM8K = {"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 4"}

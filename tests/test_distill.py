@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import VOCAB, pair
 
-from rad.align import align_mixers
-from rad.hybrid import build_hybrid
-from rad.kd import bucket_kl, full_kl, teacher_targets
-from rad.recipes import all_recipes, get_recipe
-from rad.train import TrainConfig, heldout_kl, new_ssm_parameters, train
+import baselines  # noqa: F401  (registers the baseline recipes)
+from rad.method.distill.align import align_mixers
+from rad.method.distill.loop import TrainConfig, heldout_kl, train
+from rad.method.distill.losses import bucket_kl, full_kl, teacher_targets
+from rad.method.distill.trainable import new_ssm_parameters
+from rad.method.recipes import RECIPES, get_recipe
+from rad.method.replace import build_hybrid
 
 
 @functools.cache
@@ -177,7 +179,7 @@ def test_stage1_alignment_lowers_each_mixers_error():
 
 
 def test_recipes_registry():
-    recipes = all_recipes()
+    recipes = {name: RECIPES.get(name) for name in RECIPES}
     assert {"teacher", "rad", "plain-distill", "random-swap", "full-ssm"} <= set(recipes)
     rad, plain = recipes["rad"], recipes["plain-distill"]
     assert (rad.selector, rad.init, rad.trainable) == ("rad", "skip", "ssm-only")

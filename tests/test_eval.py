@@ -18,24 +18,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import VOCAB, pair
 
-from harness import eval_tasks
 from harness.cli import main
-from harness.errors import UserError
-from harness.eval_tasks import LmEvalSettings, run_lm_eval_task
-from harness.humaneval import (
-    ExecLimits,
+from harness.common.errors import UserError
+from harness.models import load_model
+from harness.tasks import data as task_data
+from harness.tasks import lm_eval_task as eval_tasks
+from harness.tasks.humaneval import (
     HumanEvalSettings,
     evaluate_humaneval,
     load_problems,
     pass_at_k,
-    require_opt_in,
-    run_program,
-    run_programs,
 )
-from harness.lm_backend import RadLM, batched_generate, score_continuations
-from harness.teachers import load_model
-from rad.generate import greedy_generate, left_pad
-from rad.speculative import speculative_generate
+from harness.tasks.lm_backend import RadLM, batched_generate, score_continuations
+from harness.tasks.lm_eval_task import LmEvalSettings, run_lm_eval_task
+from harness.tasks.sandbox import ExecLimits, require_opt_in, run_program, run_programs
+from rad.runtime.decode import generate, left_pad, speculative_generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -164,7 +161,7 @@ def test_batched_scoring_equals_one_full_forward_each(tiny):
         assert isinstance(greedy, bool)
     # greedy is True exactly when the continuation is the model's own greedy choice
     ctx = [5, 6, 7]
-    cont = greedy_generate(tiny.model, torch.tensor([ctx]), max_new_tokens=3).tokens[0]
+    cont = generate(tiny.model, torch.tensor([ctx]), max_new_tokens=3).tokens[0]
     assert score_continuations(tiny.model, [(ctx, cont)], tiny.pad_token_id)[0][1]
 
 
@@ -176,11 +173,11 @@ def test_batched_generation_equals_batch_one(tiny):
     one = batched_generate(tiny, ids, [], 12, batch_size=1)
     many = batched_generate(tiny, ids, [], 12, batch_size=4)
     assert one == many and all(isinstance(t, str) for t in one)
-    # token level, through greedy_generate directly (left padding, one cache)
+    # token level, through generate directly (left padding, one cache)
     x, m = left_pad(ids, tiny.pad_token_id)
-    rows = greedy_generate(tiny.model, x, m, 10, tiny.eos_token_ids).tokens
+    rows = generate(tiny.model, x, m, 10, tiny.eos_token_ids).tokens
     for r, single in zip(rows, ids, strict=True):
-        assert r == greedy_generate(tiny.model, torch.tensor([single]), None, 10,
+        assert r == generate(tiny.model, torch.tensor([single]), None, 10,
                                     tiny.eos_token_ids).tokens[0]
 
 
@@ -192,10 +189,10 @@ def test_stop_strings_end_rows_early_and_are_cut(tiny):
     cut = batched_generate(tiny, ids, [stop], 16, batch_size=2)
     assert cut[0] == full[0].split(stop)[0]
     assert cut[1] == full[1].split(stop)[0]
-    # greedy_generate: a row ended by `stop` keeps tokens up to and including that step
+    # generate: a row ended by `stop` keeps tokens up to and including that step
     x, m = left_pad(ids, tiny.pad_token_id)
-    g = greedy_generate(tiny.model, x, m, 16, (), stop=lambda i, new: i == 0 and len(new) == 3)
-    plain = greedy_generate(tiny.model, x, m, 16, ())
+    g = generate(tiny.model, x, m, 16, (), stop=lambda i, new: i == 0 and len(new) == 3)
+    plain = generate(tiny.model, x, m, 16, ())
     assert g.tokens[0] == plain.tokens[0][:3] and g.tokens[1] == plain.tokens[1]
 
 
@@ -272,7 +269,7 @@ def _worker_processes() -> int:
     n = 0
     for entry in Path("/proc").iterdir():
         try:
-            n += entry.name.isdigit() and b"_humaneval_worker" in (entry / "cmdline").read_bytes()
+            n += entry.name.isdigit() and b"_sandbox_worker" in (entry / "cmdline").read_bytes()
         except OSError:
             pass
     return n
@@ -297,11 +294,11 @@ def test_landlock_blocks_writes_outside_scratch(tmp_path):
     import subprocess
     import sys
 
-    from harness._humaneval_worker import apply_landlock
+    from harness.tasks._sandbox_worker import apply_landlock
     del apply_landlock  # imported here only to fail loudly if it disappears
     scratch, outside = tmp_path / "scratch", tmp_path / "outside.txt"
     scratch.mkdir()
-    code = ("import sys; from harness._humaneval_worker import apply_landlock\n"
+    code = ("import sys; from harness.tasks._sandbox_worker import apply_landlock\n"
             f"abi = apply_landlock({str(scratch)!r})\n"
             "if not abi: print('NOLANDLOCK'); sys.exit(0)\n"
             f"open({str(scratch / 'in.txt')!r}, 'w').write('x')\n"
@@ -363,8 +360,8 @@ def test_two_model_speculative_returns_target_greedy(data, draft_kind):
     prompt = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=10))
     eos = data.draw(st.sets(st.integers(0, VOCAB - 1), max_size=2), label="eos")
     ids = torch.tensor([prompt])
-    ref = greedy_generate(target, ids, max_new_tokens=new, eos_token_ids=eos).tokens[0]
-    res = speculative_generate(target, draft, ids, new, gamma, eos)
+    ref = generate(target, ids, max_new_tokens=new, eos_token_ids=eos).tokens[0]
+    res = speculative_generate(target, ids, new, gamma, eos, draft=draft)
     assert res.tokens == ref
     assert 0 <= res.stats.accepted <= res.stats.drafted and res.stats.emitted == len(ref)
     if draft_kind == "llama":  # the target drafting for itself: every guess is accepted
@@ -382,7 +379,7 @@ def perturbed():
 
 
 def test_fidelity_of_teacher_to_itself_and_of_a_perturbed_model(tiny, perturbed, few_rows):
-    from harness.fidelity import FidelitySettings, evaluate_fidelity
+    from harness.tasks.fidelity import FidelitySettings, evaluate_fidelity
 
     s = FidelitySettings(limit=3, batch_size=2, spec_tokens=12)
     same = evaluate_fidelity(load_model("tiny-random"), tiny, "gsm8k", s)["metrics"]
@@ -426,10 +423,10 @@ def test_rendered_yaml_points_at_local_data(few_rows, tmp_path):
 
 
 def test_sample_seed_draws_a_fixed_sorted_subset(few_rows):
-    assert eval_tasks.doc_indices("gsm8k", 2, None) == [0, 1]
-    a = eval_tasks.doc_indices("gsm8k", 3, 7)
-    assert a == eval_tasks.doc_indices("gsm8k", 3, 7) == sorted(a) and len(set(a)) == 3
-    assert eval_tasks.doc_indices("gsm8k", None, None) is None
+    assert task_data.doc_indices("gsm8k", 2, None) == [0, 1]
+    a = task_data.doc_indices("gsm8k", 3, 7)
+    assert a == task_data.doc_indices("gsm8k", 3, 7) == sorted(a) and len(set(a)) == 3
+    assert task_data.doc_indices("gsm8k", None, None) is None
 
 
 def _cli(capsys, *argv):
@@ -480,9 +477,9 @@ def test_cli_writes_json_and_per_sample_records(capsys, few_rows, tmp_path):
         assert len(lines) == 2
         for rec in map(json.loads, lines):
             assert {"prompt", "output", "extracted", "correct"} <= set(rec), task
-    assert result["provenance"]["versions"]["lm_eval"]
+    assert result["provenance"]["packages"]["lm-eval"]
     assert "generate_until" in err  # the progress bar
-    from harness.evaluate import markdown_rows
-    rows = markdown_rows(result)
+    from harness.report.tables import eval_markdown_rows
+    rows = eval_markdown_rows(result)
     assert rows[0].startswith("| gsm8k | 5-shot | exact_match ") and "| 2 | 2 | 4 |" in rows[0]
     assert rows[1].startswith("| humaneval | 0-shot | pass@1 ")

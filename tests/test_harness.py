@@ -15,11 +15,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from harness import cache, report
 from harness.cli import main
-from harness.experiments import SCHEMA, config_from_dict, load_config, profile_names
-from harness.gate import run_gate
-from harness.runner import CELLS_DIR, STEP_FILE, plan_cells
+from harness.common import files as cache
+from harness.experiment.config import PROFILES_DIR, config_from_dict, load_config, profile_names
+from harness.experiment.runner import plan_cells
+from harness.report import plots, run_report, stats
+from harness.report.gate import run_gate
+from harness.report.schema import CELLS_DIR, SCHEMA, STEP_FILE
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 QUALITY = ("gsm8k", "math500", "humaneval", "heldout_kl", "heldout_kl_start", "state_bytes",
@@ -82,7 +84,7 @@ def _one_line(err: str) -> str:
 # -- end to end ----------------------------------------------------------------------------------
 def test_smoke_profile_produces_every_table_and_plot(smoke_run):
     cfg = load_config("smoke")
-    for name in report.REPORT_FILES:
+    for name in run_report.REPORT_FILES:
         assert (smoke_run / name).stat().st_size > 0, name
     for png in ("pareto.png", "convergence.png", "redundancy.png"):
         assert (smoke_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -166,7 +168,7 @@ def test_report_rebuilds_the_same_tables(smoke_run, tmp_path, cli):
 # -- atomic writes -------------------------------------------------------------------------------
 def test_a_crash_mid_write_leaves_the_previous_report_whole(smoke_run, tmp_path, monkeypatch):
     cli_out = tmp_path / "report"
-    report.write_report(smoke_run, cli_out)
+    run_report.write_report(smoke_run, cli_out)
     before = {p.name: p.read_bytes() for p in cli_out.iterdir()}
     real_fdopen = os.fdopen
 
@@ -186,11 +188,11 @@ def test_a_crash_mid_write_leaves_the_previous_report_whole(smoke_run, tmp_path,
 
     monkeypatch.setattr(cache.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     with pytest.raises(KeyboardInterrupt):
-        report.write_report(smoke_run, cli_out)
+        run_report.write_report(smoke_run, cli_out)
     monkeypatch.setattr(cache.os, "fdopen", real_fdopen)
-    monkeypatch.setattr(report.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    monkeypatch.setattr(plots.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     with pytest.raises(OSError):  # the plots: the rename fails after the image is drawn
-        report.plot_pareto(_results(smoke_run), cli_out / "pareto.png")
+        plots.plot_pareto(_results(smoke_run), cli_out / "pareto.png")
     assert {p.name: p.read_bytes() for p in cli_out.iterdir()
             if not p.name.startswith(".")} == before
     json.loads((cli_out / "results.json").read_text())  # still whole
@@ -269,7 +271,7 @@ def test_shipped_profiles_validate():
 
 
 def _smoke_dict() -> dict:
-    return yaml.safe_load((Path(report.__file__).parent / "profiles/smoke.yaml").read_text())
+    return yaml.safe_load((PROFILES_DIR / "smoke.yaml").read_text())
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -346,17 +348,17 @@ def test_verdict_compare_statuses():
         import statistics
         return {"mean": statistics.fmean(values), "values": list(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-    assert report.compare(s(1.0, 1.1), s(2.0, 2.1), False)["status"] == "reproduced"
-    assert report.compare(s(1.0, 1.4), s(1.3, 1.5), False)["status"].startswith("direction")
-    assert report.compare(s(2.0, 2.1), s(1.0, 1.1), False)["status"] == "not reproduced"
-    assert report.compare(s(0.5), s(0.4), True, floor=0.2)["status"].startswith("direction")
+    assert stats.compare(s(1.0, 1.1), s(2.0, 2.1), False)["status"] == "reproduced"
+    assert stats.compare(s(1.0, 1.4), s(1.3, 1.5), False)["status"].startswith("direction")
+    assert stats.compare(s(2.0, 2.1), s(1.0, 1.1), False)["status"] == "not reproduced"
+    assert stats.compare(s(0.5), s(0.4), True, floor=0.2)["status"].startswith("direction")
 
 
 def test_bench_pair_against_itself_and_a_hybrid():
     from tiny_models import pair
 
-    from harness.throughput import bench_pair
-    from rad.hybrid import build_hybrid
+    from harness.experiment.bench_throughput import bench_pair
+    from rad.method.replace import build_hybrid
 
     _, model = pair("llama")
     alone = bench_pair(model, None, context=32, batch=2, new_tokens=2, repeats=2)
@@ -374,10 +376,13 @@ def test_data_files_the_cli_reads_are_packaged():
     import fnmatch
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    root = Path(report.__file__).resolve().parents[1]
+    root = Path(run_report.__file__).resolve().parents[2]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]["harness"]
-    for path in [*(root / "harness/profiles").glob("*"), *(root / "harness/tasks").glob("*")]:
+    paths = [*(root / "harness/experiment/profiles").glob("*"),
+             *(root / "harness/tasks").glob("*.yaml")]
+    assert len(paths) >= 7  # 3 profiles, 4 task configs
+    for path in paths:
         rel = str(path.relative_to(root / "harness"))
         assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not in package-data"
 

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import TOL, VOCAB, pair
 
-from rad.generate import greedy_generate, left_pad
-from rad.hybrid import (
+from rad.method.replace import (
     INITS,
     HybridError,
     build_hybrid,
@@ -20,9 +19,9 @@ from rad.hybrid import (
     load_model_folder,
     save_hybrid,
 )
-from rad.mamba2 import Mamba2
-from rad.speculative import self_speculative_generate, speculative_generate
-from rad.weights import WeightImportError
+from rad.runtime.decode import generate, left_pad, speculative_generate
+from rad.runtime.mamba2 import Mamba2
+from rad.runtime.weights import WeightImportError
 
 N_LAYERS = 3  # tiny_models' configs
 layer_sets = st.sets(st.integers(0, N_LAYERS - 1)).map(sorted)
@@ -154,8 +153,8 @@ def test_self_speculative_decoding_on_a_hybrid_is_exact(layers, skip, gamma, see
     _, teacher = pair("llama")
     hybrid = build_hybrid(teacher, layers, "kqvo", seed=seed)
     ids = _ids(1, 7, seed)
-    plain = greedy_generate(hybrid, ids, max_new_tokens=16).tokens[0]
-    spec = self_speculative_generate(hybrid, ids, skip, 16, gamma=gamma)
+    plain = generate(hybrid, ids, max_new_tokens=16).tokens[0]
+    spec = speculative_generate(hybrid, ids, 16, gamma=gamma, skip=skip)
     assert spec.tokens == plain
 
 
@@ -169,16 +168,16 @@ def test_a_hybrid_drafting_for_its_teacher_is_exact(layers, gamma, seed, hybrid_
     hybrid = build_hybrid(teacher, layers, "kqvo", seed=seed)
     target, draft = (hybrid, teacher) if hybrid_is_target else (teacher, hybrid)
     ids = _ids(1, 6, seed)
-    plain = greedy_generate(target, ids, max_new_tokens=14).tokens[0]
-    assert speculative_generate(target, draft, ids, 14, gamma=gamma).tokens == plain
+    plain = generate(target, ids, max_new_tokens=14).tokens[0]
+    assert speculative_generate(target, ids, 14, gamma=gamma, draft=draft).tokens == plain
 
 
 def test_batched_generation_on_a_hybrid_equals_batch_one():
     _, teacher = pair("llama")
     hybrid = build_hybrid(teacher, [0, 2], "kqvo", seed=0)
     rows = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15]]
-    batched = greedy_generate(hybrid, *left_pad(rows, 0), max_new_tokens=12).tokens
-    single = [greedy_generate(hybrid, torch.tensor([r]), max_new_tokens=12).tokens[0]
+    batched = generate(hybrid, *left_pad(rows, 0), max_new_tokens=12).tokens
+    single = [generate(hybrid, torch.tensor([r]), max_new_tokens=12).tokens[0]
               for r in rows]
     assert batched == single
 
@@ -221,7 +220,7 @@ def test_bad_layers_init_and_folders_are_refused(tmp_path):
 def test_throughput_cache_replication_decodes_like_the_original_row():
     """`rad bench throughput` times batch-B decode from one prefilled row copied to B rows: each
     copy must continue exactly like the original (KV and Mamba2 state alike)."""
-    from harness.throughput import _replicate
+    from rad.runtime.cache import replicate
 
     _, teacher = pair("llama")
     hybrid = build_hybrid(teacher, [1], "kqvo", seed=0)
@@ -229,7 +228,7 @@ def test_throughput_cache_replication_decodes_like_the_original_row():
     one = hybrid.allocate_cache(1, 12)
     hybrid(ids, cache=one)
     many = hybrid.allocate_cache(3, 12)
-    _replicate(one, many)
+    replicate(one, many)
     nxt = torch.tensor([[5]])
     expected = hybrid(nxt, cache=one)
     got = hybrid(nxt.expand(3, 1), cache=many)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rad.mamba2 import Mamba2, Mamba2Sizes, ssd_chunked, ssd_sequential, ssd_step, ssd_step_
+from rad.runtime.mamba2 import Mamba2, Mamba2Sizes
+from rad.runtime.ssd import ssd_chunked, ssd_sequential, ssd_step, ssd_step_
 
 F64 = torch.float64
 

@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import KINDS, TOL, VOCAB, ours_from_hf, pair
 
-from rad.config import ModelConfig, UnsupportedModelError
-from rad.generate import greedy_generate, left_pad
-from rad.linear import set_weight_layout
-from rad.weights import WeightImportError, convert_hf_state_dict, load_decoder
+from rad.runtime.config import ModelConfig, UnsupportedModelError
+from rad.runtime.decode import generate, left_pad
+from rad.runtime.linear import set_weight_layout
+from rad.runtime.weights import WeightImportError, convert_hf_state_dict, load_decoder
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -158,26 +158,26 @@ def test_rollback_then_redecode_is_identical():
         cache.rollback(11)
 
 
-def test_greedy_generate_matches_hf_generate():
+def test_generate_matches_hf_generate():
     hf, ours = pair("llama")
     rows = [[5, 6, 7, 8, 9], [11, 12]]
     ids, mask = left_pad(rows, pad_id=0)
     ref = hf.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12,
                       do_sample=False, pad_token_id=0)[:, ids.shape[1]:].tolist()
-    got = greedy_generate(ours, ids, mask, max_new_tokens=12, stop_at_eos=False).tokens
+    got = generate(ours, ids, mask, max_new_tokens=12, stop_at_eos=False).tokens
     assert got == ref
     # Each row alone (no padding) gives the same tokens as in the padded batch.
     for row, expected in zip(rows, got, strict=True):
-        alone = greedy_generate(ours, torch.tensor([row]), max_new_tokens=12, stop_at_eos=False)
+        alone = generate(ours, torch.tensor([row]), max_new_tokens=12, stop_at_eos=False)
         assert alone.tokens[0] == expected
 
 
 def test_generation_stops_at_eos():
     _, ours = pair("llama")
     ids = torch.tensor([[1, 2, 3]])
-    free = greedy_generate(ours, ids, max_new_tokens=8, stop_at_eos=False).tokens[0]
+    free = generate(ours, ids, max_new_tokens=8, stop_at_eos=False).tokens[0]
     eos = free[3]
-    stopped = greedy_generate(ours, ids, max_new_tokens=8, eos_token_ids={eos}).tokens[0]
+    stopped = generate(ours, ids, max_new_tokens=8, eos_token_ids={eos}).tokens[0]
     assert stopped == free[: free.index(eos) + 1]
 
 
@@ -258,7 +258,7 @@ def test_bf16_runs_close_to_fp32():
 # -- the embedded teacher ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def teacher():
-    from harness.teachers import load_model
+    from harness.models import load_model
     return load_model("smollm2-135m-instruct")
 
 
@@ -279,17 +279,17 @@ def test_embedded_teacher_matches_hf(teacher):
     assert (got - ref)[mask.bool()].abs().max() <= TOL
     ref_tokens = hf.generate(ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16,
                              do_sample=False, pad_token_id=teacher.pad_token_id)
-    got_tokens = greedy_generate(teacher.model, ids, mask, 16, stop_at_eos=False).tokens
+    got_tokens = generate(teacher.model, ids, mask, 16, stop_at_eos=False).tokens
     assert got_tokens == ref_tokens[:, ids.shape[1]:].tolist()
 
 
 @pytest.mark.teacher
 def test_embedded_teacher_chat_answers(teacher):
-    from rad.prompts import encode_prompts
+    from rad.runtime.prompts import encode_prompts
 
     ids, mask = encode_prompts(teacher.tokenizer, ["What is the capital of France?"], True,
                                teacher.pad_token_id)
-    out = greedy_generate(teacher.model, ids, mask, 20, teacher.eos_token_ids)
+    out = generate(teacher.model, ids, mask, 20, teacher.eos_token_ids)
     assert "Paris" in teacher.tokenizer.decode(out.tokens[0])
 
 

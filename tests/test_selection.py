@@ -9,9 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from baselines.selectors import SELECTORS, SelectionRequest, get_selector
+import baselines  # noqa: F401  (registers the baseline selectors)
 from harness.cli import main
-from rad.selection import SearchSpec, bayesian_select, mask_for, top_k
+from rad.method.select import (
+    SELECTORS,
+    SearchSpec,
+    SelectionRequest,
+    bayesian_select,
+    get_selector,
+    mask_for,
+    top_k,
+)
 
 
 @given(n=st.integers(1, 64), data=st.data())

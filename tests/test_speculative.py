@@ -8,8 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import KINDS, VOCAB, pair
 
-from rad.generate import greedy_generate
-from rad.speculative import self_speculative_generate
+from rad.runtime.decode import generate, speculative_generate
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -24,8 +23,8 @@ def test_speculative_equals_plain_greedy(data, kind):
     prompt = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12))
     eos = data.draw(st.sets(st.integers(0, VOCAB - 1), max_size=2), label="eos")
     ids = torch.tensor([prompt])
-    ref = greedy_generate(model, ids, max_new_tokens=new, eos_token_ids=eos).tokens[0]
-    res = self_speculative_generate(model, ids, skip, new, gamma, eos, threshold)
+    ref = generate(model, ids, max_new_tokens=new, eos_token_ids=eos).tokens[0]
+    res = speculative_generate(model, ids, new, gamma, eos, skip=skip, stop_threshold=threshold)
     assert res.tokens == ref
     s = res.stats
     assert 0 <= s.accepted <= s.drafted
@@ -42,7 +41,7 @@ def test_speculative_equals_plain_greedy(data, kind):
 
 def test_empty_skip_accepts_every_draft():
     _, model = pair("llama")
-    res = self_speculative_generate(model, torch.tensor([[3, 1, 4, 1, 5]]), (), 20, gamma=4)
+    res = speculative_generate(model, torch.tensor([[3, 1, 4, 1, 5]]), 20, gamma=4)
     assert res.stats.drafted > 0 and res.stats.accepted == res.stats.drafted
     assert res.stats.emitted == res.stats.accepted + res.stats.verify_steps == 20
 
@@ -50,8 +49,8 @@ def test_empty_skip_accepts_every_draft():
 def test_adaptive_stop_drafts_less():
     _, model = pair("qwen2")
     ids = torch.tensor([[7, 8, 9]])
-    fixed = self_speculative_generate(model, ids, {0, 2}, 24, gamma=6)
-    adaptive = self_speculative_generate(model, ids, {0, 2}, 24, gamma=6, stop_threshold=0.99)
+    fixed = speculative_generate(model, ids, 24, gamma=6, skip={0, 2})
+    adaptive = speculative_generate(model, ids, 24, gamma=6, skip={0, 2}, stop_threshold=0.99)
     assert adaptive.tokens == fixed.tokens
     assert adaptive.stats.drafted < fixed.stats.drafted
 
@@ -59,11 +58,11 @@ def test_adaptive_stop_drafts_less():
 def test_bad_arguments():
     _, model = pair("llama")
     with pytest.raises(ValueError, match="batch 1"):
-        self_speculative_generate(model, torch.zeros(2, 3, dtype=torch.long), (), 4)
+        speculative_generate(model, torch.zeros(2, 3, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="gamma"):
-        self_speculative_generate(model, torch.zeros(1, 3, dtype=torch.long), (), 4, gamma=0)
+        speculative_generate(model, torch.zeros(1, 3, dtype=torch.long), 4, gamma=0)
     with pytest.raises(ValueError, match="out of range"):
-        self_speculative_generate(model, torch.zeros(1, 3, dtype=torch.long), {99}, 4)
+        speculative_generate(model, torch.zeros(1, 3, dtype=torch.long), 4, skip={99})
 
 
 def test_speculate_cli_prints_completion_and_stats(capsys):

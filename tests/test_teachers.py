@@ -1,5 +1,5 @@
-"""Tests for harness.teachers and harness.cache: the embedded teacher, registered teachers built
-atomically into the cache, local HF folders, and the cache's atomic writes."""
+"""Tests for harness.models and harness.common.files: the embedded teacher, registered teachers
+built atomically into the cache, local HF folders, and the cache's atomic writes."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.cache import atomic_dir, atomic_write_text, cache_dir, ensure_writable_dir
 from harness.cli import main
-from harness.errors import CacheError, ModelError
-from harness.teachers import (
+from harness.common.errors import CacheError, ModelError
+from harness.common.files import atomic_dir, atomic_write_text, cache_dir, ensure_writable_dir
+from harness.models import (
     SMOLLM2_GGUF,
     SMOLLM2_PACKAGE,
     TEACHERS,
@@ -24,7 +24,7 @@ from harness.teachers import (
     resolve_model_folder,
     smollm2_gguf_path,
 )
-from rad.weights import load_decoder
+from rad.runtime.weights import load_decoder
 
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "chat_template")
 
@@ -159,8 +159,8 @@ def test_atomic_write_text_under_a_file_is_a_cache_error(tmp_path):
 # -- registered teachers -------------------------------------------------------------------------
 def test_registry_names():
     assert {"smollm2-135m-instruct", "tiny-random"} <= set(TEACHERS)
-    for description, builder in TEACHERS.values():
-        assert description and callable(builder)
+    for _, teacher in TEACHERS.items():
+        assert teacher.description and callable(teacher.build)
 
 
 def test_tiny_random_build_is_deterministic(tmp_path, monkeypatch):

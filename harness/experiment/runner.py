@@ -1,0 +1,240 @@
+"""`rad reproduce`: a profile expands into cells (method x seed) and each cell into steps.
+
+    diagnose -> select            (shared: once per profile, used by every rad cell)
+    distill  (build + train)      per trained cell; writes the hybrid folder
+    eval                          per model (the base model once, each trained cell)
+    bench                         per cell: its model and the base model, side by side
+
+Every step's folder is named by a hash of its inputs: the step's config, the code version
+(`harness.common.provenance.code_version`) and the keys of the steps it reads. A step is
+finished when its `step.json` exists (written last); a re-run skips finished steps, so a killed
+run resumes where it stopped: an unfinished distillation from its checkpoint, any other step
+from scratch.
+Each finished cell writes `cells/<method>-s<seed>.json`; the report is rebuilt from those.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from harness.common.errors import UserError
+from harness.common.files import atomic_write_text, ensure_writable_dir
+from harness.common.provenance import code_version, provenance
+from harness.experiment.bench_throughput import bench_pair
+from harness.experiment.config import ExperimentConfig
+from harness.experiment.distill import DistillRequest, distill_configs, run_distill
+from harness.experiment.selection import run_diagnose, run_select, workload_for
+from harness.experiment.steps import StepStore
+from harness.models import load_model
+from harness.report.schema import CELLS_DIR, RUN_FILE, STEPS_DIR, cell_name
+from harness.tasks.base import TASKS
+from harness.tasks.data import load_task
+from harness.tasks.evaluate import EvalConfig, run_eval, validate
+from rad.method.diagnose import SpecSettings
+from rad.method.recipes import get_recipe
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.method, self.seed)
+
+
+def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
+    """The reference row is seed-independent (greedy evaluation, nothing trained): one cell."""
+    return [Cell(m, s) for m in cfg.methods
+            for s in (cfg.seeds[:1] if get_recipe(m).is_reference else cfg.seeds)]
+
+
+def run_manifest(cfg: ExperimentConfig) -> dict:
+    """run.json: the config, and the facts the report needs without the registries (planned
+    cells, each task's label and headline metric, which method is the reference row)."""
+    return {"profile": cfg.profile, "config": cfg.as_dict(), "config_hash": cfg.config_hash(),
+            "cells": [c.name for c in plan_cells(cfg)],
+            "tasks": {t: TASKS.get(t).facts() for t in cfg.eval.tasks},
+            "methods": {m: {"reference": get_recipe(m).is_reference,
+                            "description": get_recipe(m).description} for m in cfg.methods}}
+
+
+# -- preflight: everything that can fail is checked before anything is written --------------------
+def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
+    """Data, opt-in, model, k, and the run folder; returns the loaded base model."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"profile {cfg.profile} runs on cuda, and no GPU is visible here")
+    validate(EvalConfig(model=cfg.model, tasks=cfg.eval.tasks, limit=cfg.eval.limit,
+                        sample_seed=cfg.eval.sample_seed, chat=cfg.eval.chat,
+                        allow_code_execution=allow_code_execution))
+    load_task("gsm8k", "train")  # distillation data and the selection prompts
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        try:
+            previous = json.loads(run_file.read_text())["config_hash"]
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"{run_file} is unreadable; remove {out} to start over") from None
+        if previous != cfg.config_hash():
+            raise UserError(f"{out} holds a run of another config (hash {previous}, now "
+                            f"{cfg.config_hash()}); choose another --out or remove it")
+    elif out.exists() and any(p.name in (STEPS_DIR, CELLS_DIR) for p in out.iterdir()):
+        raise UserError(f"{out} holds run artefacts without {RUN_FILE}; remove them first")
+    base = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    n = base.model.cfg.n_layers
+    if not 1 <= cfg.k <= n:
+        raise UserError(f"k = {cfg.k} is out of range 1..{n} ({cfg.model} has {n} layers)")
+    ensure_writable_dir(out)
+    return base
+
+
+# -- steps ----------------------------------------------------------------------------------------
+class Runner:
+    def __init__(self, cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
+        self.cfg = cfg
+        self.out = Path(out).resolve()
+        self.allow = allow_code_execution
+        # Read once, at the start: the code this process runs. The checkout may move on while
+        # a long run goes (a commit, an edit), and must not be what the results claim.
+        self.provenance = provenance()
+        self.store = StepStore(self.out, code_version(), self.provenance)
+        self.base = None  # LoadedModel, set by run()
+        self._selection: tuple[Path, dict, dict] | None = None
+
+    # shared: RAD steps 1-2 ------------------------------------------------------------------
+    def _workload(self):
+        s = self.cfg.selection
+        return workload_for(self.base, s.prompts, SpecSettings(s.gamma, s.max_new_tokens),
+                            self.cfg.dtype)
+
+    def selection(self) -> tuple[Path, dict, dict]:
+        """(select step folder, its record, the diagnose record): diagnose runs first (its
+        profile warm-starts the search and is plotted)."""
+        if self._selection is None:
+            s = self.cfg.selection
+            inputs = {"model": self.cfg.model, "dtype": self.cfg.dtype, "prompts": s.prompts,
+                      "gamma": s.gamma, "max_new_tokens": s.max_new_tokens}
+            w = self._workload()
+            diag, diag_rec = self.store.run("diagnose", inputs,
+                                            lambda d: run_diagnose(w, d), label="(all layers)")
+            sel_inputs = {**inputs, "diagnose": diag_rec["key"], "k": self.cfg.k,
+                          "trials": s.trials, "objective": s.objective, "seed": s.seed}
+            sel, sel_rec = self.store.run(
+                "select", sel_inputs,
+                lambda d: run_select(w, self.cfg.k, s.trials, s.objective, s.seed, d, None,
+                                     diag / "redundancy.json"),
+                resumable=True, label=f"(k={self.cfg.k})")  # the optuna study resumes
+            self._selection = (sel, sel_rec, diag_rec)
+        return self._selection
+
+    # per cell ---------------------------------------------------------------------------------
+    def distill(self, cell: Cell, steps: dict[str, dict]) -> Path:
+        recipe = get_recipe(cell.method)
+        d = self.cfg.distill
+        train, data = distill_configs(recipe, asdict(d))
+        inputs = {"method": recipe.as_dict(), "model": self.cfg.model,
+                  "teacher": self.cfg.teacher, "dtype": self.cfg.dtype, "seed": cell.seed,
+                  "k": self.cfg.k, "distill": asdict(d)}
+        selection = None
+        if recipe.layer_selector.needs_search:
+            sel_dir, steps["select"], steps["diagnose"] = self.selection()
+            inputs["select"] = steps["select"]["key"]
+            selection = sel_dir / "selection.json"
+        k = None if recipe.layer_selector.replaces_all else self.cfg.k
+        req = lambda folder: DistillRequest(  # noqa: E731
+            cell.method, self.cfg.model, k, cell.seed, folder, train, data, self.cfg.teacher,
+            selection, self.cfg.dtype, self.cfg.device)
+        folder, steps["distill"] = self.store.run("distill", inputs,
+                                                  lambda f: run_distill(req(f)),
+                                                  resumable=True, label=cell.name)
+        return folder
+
+    def evaluate(self, model: str, model_key: str, label: str) -> tuple[Path, dict]:
+        e = self.cfg.eval
+        inputs = {"model": model_key, "eval": asdict(e), "dtype": self.cfg.dtype}
+
+        def fn(folder: Path) -> None:
+            run_eval(EvalConfig(
+                model=model, tasks=e.tasks, dtype=self.cfg.dtype, limit=e.limit,
+                sample_seed=e.sample_seed, chat=e.chat, batch_size=e.batch_size,
+                max_gen_toks=e.max_gen_toks, allow_code_execution=self.allow,
+                json_path=folder / "eval.json", threads=self.cfg.threads,
+                device=self.cfg.device))
+        return self.store.run("eval", inputs, fn, label=label)
+
+    def bench(self, model: str | None, model_key: str, label: str) -> tuple[Path, dict]:
+        """Decode throughput of `model` (None: the base model alone) and the base model,
+        interleaved window by window so both see the same machine load."""
+        b = self.cfg.bench
+        inputs = {"model": model_key, "bench": asdict(b), "dtype": self.cfg.dtype,
+                  "device": self.cfg.device, "threads": self.cfg.threads}
+
+        def fn(folder: Path) -> None:
+            other = load_model(model, self.cfg.dtype, self.cfg.device).model if model else None
+            result = bench_pair(self.base.model, other, b.context, b.batch, b.new_tokens,
+                                b.repeats)
+            atomic_write_text(folder / "bench.json", json.dumps(result, indent=2))
+        return self.store.run("bench", inputs, fn, label=label)
+
+    def run_cell(self, cell: Cell) -> dict:
+        recipe = get_recipe(cell.method)
+        steps: dict[str, dict] = {}
+        metrics: dict[str, float | None] = {}
+        layers: list[int] = []
+        if recipe.trains:
+            folder = self.distill(cell, steps)
+            summary = json.loads((folder / "distill.json").read_text())
+            layers = summary["layers"]
+            metrics["heldout_kl"] = summary["heldout_kl_final"]
+            metrics["heldout_kl_start"] = summary["heldout_kl_start"]
+            metrics["train_wall_s"] = summary["train_wall_s"]
+            model, model_key = str(folder), steps["distill"]["key"]
+        else:  # the base model: KL to itself is 0 by definition, nothing trained
+            metrics.update(heldout_kl=0.0, heldout_kl_start=0.0, train_wall_s=0.0)
+            model, model_key = None, f"base:{self.cfg.model}"
+        eval_dir, steps["eval"] = self.evaluate(model or self.cfg.model, model_key, cell.name)
+        ev = json.loads((eval_dir / "eval.json").read_text())
+        for task in self.cfg.eval.tasks:
+            metrics[task] = ev["tasks"][task]["metrics"][TASKS.get(task).headline]
+        metrics["eval_n"] = min(ev["tasks"][t]["n"] for t in self.cfg.eval.tasks)
+        bench_dir, steps["bench"] = self.bench(model, model_key, cell.name)
+        bench = json.loads((bench_dir / "bench.json").read_text())
+        metrics.update(decode_tok_s=bench["model"]["decode_tok_s"],
+                       base_decode_tok_s=bench["base"]["decode_tok_s"],
+                       speedup=bench["speedup"], state_bytes=bench["model"]["state_bytes"],
+                       base_state_bytes=bench["base"]["state_bytes"])
+        result = {
+            "method": cell.method, "seed": cell.seed, "recipe": recipe.as_dict(),
+            "layers": layers, "metrics": metrics,
+            "steps": {name: {"folder": f"{STEPS_DIR}/{name}-{rec['key']}", "key": rec["key"],
+                             "wall_s": rec["wall_s"], "cached": rec["cached"]}
+                      for name, rec in steps.items()},
+            "profile": self.cfg.profile, "config_hash": self.cfg.config_hash(),
+            "dtype": self.cfg.dtype, "device": self.cfg.device,
+            "threads": torch.get_num_threads(), "code_version": self.store.code,
+            "provenance": self.provenance}
+        atomic_write_text(self.out / CELLS_DIR / f"{cell.name}.json",
+                          json.dumps(result, indent=2))
+        return result
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        # Denormal flushing changes float results; eval turns it on, so it is on from the start
+        # (a resumed run must compute exactly what an uninterrupted one does).
+        torch.set_flush_denormal(True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.base = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        atomic_write_text(self.out / RUN_FILE, json.dumps(run_manifest(cfg), indent=2))
+        cells = plan_cells(cfg)
+        results = []
+        t0 = time.time()
+        for i, cell in enumerate(cells, 1):
+            print(f"[{i}/{len(cells)}] {cell.name} ({time.time() - t0:.0f} s)", flush=True)
+            results.append(self.run_cell(cell))
+        return results

@@ -1,0 +1,179 @@
+"""The diagnose / select / compare-sets commands: RAD's layer choice on a real teacher, written
+as JSON (+ PNG, Markdown) a reader can check."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import baselines  # noqa: F401  (registers the baselines' selectors: warm starts, comparisons)
+from harness.common.errors import UserError
+from harness.common.files import atomic_write_text, check_output_file
+from harness.experiment.prompt_sets import PromptSet, build_prompt_set
+from harness.models import LoadedModel, load_model
+from harness.report.plots import plot_profile
+from harness.report.tables import comparison_markdown
+from rad.method.diagnose import SpecSettings, measure_skip_set, redundancy_profile
+from rad.method.select import (
+    OBJECTIVES,
+    SearchSpec,
+    SelectionRequest,
+    bayesian_select,
+    get_selector,
+    profile_top_k,
+)
+from rad.runtime.decode import generate
+
+
+@dataclass
+class Workload:
+    lm: LoadedModel
+    prompts: PromptSet
+    ids: list[torch.Tensor]  # one (1, T) tensor per prompt
+    settings: SpecSettings
+    dtype: str
+
+    def provenance(self) -> dict:
+        return {"model": self.lm.name, "dtype": self.dtype, "prompt_set": self.prompts.spec,
+                "prompt_sha256": self.prompts.sha256, "n_layers": self.lm.model.cfg.n_layers,
+                "settings": self.settings.as_dict()}
+
+    def measure(self, skip) -> object:
+        return measure_skip_set(self.lm.model, self.ids, skip, self.settings,
+                                self.lm.eos_token_ids)
+
+
+def load_workload(model: str, prompts: str, settings: SpecSettings, dtype: str,
+                  device: str = "cpu") -> Workload:
+    if settings.gamma < 1 or settings.max_new_tokens < 1:
+        raise UserError("--gamma and --max-new-tokens must be >= 1")
+    return workload_for(load_model(model, dtype=dtype, device=device), prompts, settings, dtype)
+
+
+def workload_for(lm: LoadedModel, prompts: str, settings: SpecSettings, dtype: str) -> Workload:
+    """The prompt set tokenised for an already loaded model."""
+    pset = build_prompt_set(prompts, lm.tokenizer)
+    ids = [torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]])
+           for t in pset.texts]
+    return Workload(lm, pset, ids, settings, dtype)
+
+
+def _check_k(k: int, n_layers: int) -> None:
+    if not 0 < k <= n_layers:
+        raise UserError(f"--k must be in 1..{n_layers} (the model's layers); got {k}")
+
+
+# -- diagnose ------------------------------------------------------------------------------------
+def run_diagnose(w: Workload, out: Path) -> Path:
+    path = check_output_file(out / "redundancy.json")
+    t0 = time.time()
+    layers = redundancy_profile(w.lm.model, w.ids, w.settings, w.lm.eos_token_ids)
+    result = {**w.provenance(), "layers": layers, "wall_s": time.time() - t0}
+    plot_profile(layers, out / "redundancy.png",
+                 f"{w.lm.name}: self-speculative acceptance, one attention layer skipped "
+                 f"({w.prompts.spec}, gamma {w.settings.gamma})")
+    atomic_write_text(path, json.dumps(result, indent=2))
+    return path
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {what} {path}: {e}") from None
+
+
+# -- select --------------------------------------------------------------------------------------
+def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out: Path,
+               storage: str | None, redundancy: Path | None) -> Path:
+    n_layers = w.lm.model.cfg.n_layers
+    _check_k(k, n_layers)
+    if trials < 1:
+        raise UserError("--trials must be >= 1")
+    if storage is not None and storage.startswith("sqlite:///"):
+        check_output_file(Path(storage.removeprefix("sqlite:///")))
+    path = check_output_file(out / "selection.json")
+    if storage is None:
+        storage = f"sqlite:///{(out / 'study.sqlite3').resolve()}"
+    warm = {"uniform": get_selector("uniform")(SelectionRequest(n_layers, k, seed))}
+    if redundancy is not None:
+        warm["profile-top-k"] = profile_top_k(read_json(redundancy, "redundancy profile"), k)
+    settings = {**w.provenance(), "k": k, "objective": objective, "seed": seed}
+    spec = SearchSpec(n_layers, k, trials, seed, storage, SearchSpec.study_name_for(settings))
+    score = OBJECTIVES.get(objective)
+    t0 = time.time()
+    result = bayesian_select(lambda skip: score(w.measure(skip)), spec, warm)
+    selection = {**result, **w.provenance(), "objective": objective, "wall_s": time.time() - t0}
+    atomic_write_text(path, json.dumps(selection, indent=2))
+    return path
+
+
+# -- compare-sets: the measurement the selection issue asks for ----------------------------------
+def run_compare(w: Workload, sets: dict[str, list[int]], repeats: int, out: Path) -> Path:
+    """Each skip set's acceptance and its speedup over plain greedy decoding, timed side by side
+    (plain greedy runs in every repeat beside the sets; speedup = median of per-repeat ratios)."""
+    json_path = check_output_file(out / "selection_comparison.json")
+    md_path = check_output_file(out / "selection_comparison.md")
+    model = w.lm.model
+
+    def plain() -> float:
+        t0, n = time.perf_counter(), 0
+        for ids in w.ids:
+            n += len(generate(model, ids, None, w.settings.max_new_tokens,
+                              w.lm.eos_token_ids).tokens[0])
+        return n / (time.perf_counter() - t0)
+
+    plain()  # warm-up
+    ratios: dict[str, list[float]] = {name: [] for name in sets}
+    stats = {}
+    plain_tok_s = []
+    bar = tqdm(total=repeats * (len(sets) + 1), desc="compare skip sets", unit="run")
+    for _ in range(repeats):
+        base = plain()
+        plain_tok_s.append(base)
+        bar.update()
+        measured: dict[frozenset, object] = {}  # two names for one set are measured once
+        for name, layers in sets.items():
+            key = frozenset(layers)
+            if key not in measured:
+                measured[key] = w.measure(key)
+            stats[name] = measured[key]  # token counts are identical across repeats
+            ratios[name].append(measured[key].tokens_per_s / base)
+            bar.update()
+    bar.close()
+    rows = []
+    for name, layers in sets.items():
+        s = stats[name]
+        rows.append({"set": name, "layers": sorted(layers),
+                     "acceptance_rate": s.acceptance_rate,
+                     "mean_accepted_length": s.mean_accepted_length,
+                     "drafted": s.drafted, "accepted": s.accepted,
+                     "speedup_vs_greedy": statistics.median(ratios[name]),
+                     "speedup_runs": ratios[name], "tokens_per_s": s.tokens_per_s})
+    result = {**w.provenance(), "repeats": repeats, "plain_greedy_tok_s": plain_tok_s,
+              "threads": torch.get_num_threads(), "rows": rows}
+    atomic_write_text(json_path, json.dumps(result, indent=2))
+    atomic_write_text(md_path, comparison_markdown(result))
+    return md_path
+
+
+def comparison_sets(n_layers: int, k: int, selection: dict | None, redundancy: dict | None,
+                    n_random: int, seed: int) -> dict[str, list[int]]:
+    sets: dict[str, list[int]] = {}
+    if selection is not None:
+        if selection.get("k") != k:
+            raise UserError(f"selection.json has k={selection.get('k')}, not --k {k}")
+        sets["bayesian"] = selection["layers"]
+    sets["uniform"] = get_selector("uniform")(SelectionRequest(n_layers, k, seed))
+    if redundancy is not None:
+        sets["profile-top-k"] = profile_top_k(redundancy, k)
+    for i in range(n_random):
+        sets[f"random-{seed + i}"] = get_selector("random")(SelectionRequest(n_layers, k,
+                                                                               seed + i))
+    return sets

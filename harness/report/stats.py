@@ -1,0 +1,40 @@
+"""The arithmetic behind tables and verdicts: seed statistics, the margin-vs-spread comparison,
+and when a distillation curve first reaches a target."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+CONVERGENCE_REFERENCE = "plain-distill"  # the paper's "faster convergence" is measured against it
+
+
+def mean_std(values: list[float]) -> dict:
+    """Mean and sample std over seeds (std 0 for one value), with the values themselves."""
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def compare(a: dict, b: dict, higher_is_better: bool, floor: float = 0.0) -> dict:
+    """Is `a` better than `b`? margin > 0 means yes; `spread` is the pooled seed-to-seed std
+    (at least `floor`, e.g. a binomial standard error). Reproduced: margin > 2 spreads."""
+    margin = (a["mean"] - b["mean"]) * (1 if higher_is_better else -1)
+    pooled = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+    spread = max(pooled, floor)
+    if margin <= 0:
+        status = "not reproduced"
+    elif spread == 0:
+        status = "reproduced (no spread measured)" if min(len(a["values"]),
+                                                           len(b["values"])) < 2 else "reproduced"
+    else:
+        status = "reproduced" if margin > 2 * spread else "direction only (within 2 spreads)"
+    return {"margin": margin, "spread": spread, "status": status}
+
+
+def binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 1.0 / n) / n) if n else 0.0
+
+
+def first_reaching(curve: list[dict], target: float) -> dict | None:
+    """The first evaluation at or below `target` held-out KL (None if never)."""
+    return next((c for c in curve if c["heldout_kl"] <= target), None)

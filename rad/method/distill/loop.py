@@ -1,0 +1,225 @@
+"""The one distillation loop: every method is this loop with a recipe's trainable policy and loss.
+
+AdamW, linear warm-up then cosine decay, gradient clipping and accumulation, optional bf16
+autocast (fp32 master weights) where bf16 is fast, held-out KL every `eval_every` steps,
+checkpoints every `ckpt_every` steps holding everything a bit-identical resume needs: trainable
+weights, optimiser, scheduler, RNG states, the data position and the curve so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rad.method.distill.losses import TeacherTargets, bucket_kl, distill_loss
+from rad.method.distill.trainable import set_trainable
+from rad.runtime.model import Decoder
+
+CHECKPOINT = "checkpoint.pt"
+CURVE = "curve.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int = 4  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_norm: float = 1.0
+    loss: str = "forward-kl"
+    ce_weight: float = 0.0
+    eval_every: int = 10
+    ckpt_every: int = 25
+    eval_batch_size: int = 8
+    precision: str = "auto"  # auto: bf16 autocast where it is fast (CUDA, AMX CPUs); fp32: never
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size, self.grad_accum, self.eval_every,
+               self.ckpt_every) < 1:
+            raise ValueError("steps, batch_size, grad_accum, eval_every and ckpt_every must "
+                             "be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """bf16 matmuls beat fp32 on CUDA and on CPUs with AMX; on AVX2-only CPUs (these test
+    machines) bf16 is emulated and slower, so fp32 stays."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and "AMX" in torch.backends.cpu.get_cpu_capability().upper()
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(device))
+
+
+# -- data order ------------------------------------------------------------------------------
+
+def batch_rows(position: int, count: int, n_rows: int, seed: int) -> list[int]:
+    """Rows `position .. position + count` of the seeded stream: a fresh permutation of all
+    rows per epoch, so the order depends only on (seed, position) and resumes exactly."""
+    perms: dict[int, list[int]] = {}  # one permutation per epoch touched by this batch
+    rows = []
+    for pos in range(position, position + count):
+        epoch, i = divmod(pos, n_rows)
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+            perms[epoch] = torch.randperm(n_rows, generator=gen).tolist()
+        rows.append(perms[epoch][i])
+    return rows
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def heldout_kl(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
+               batch_size: int = 8) -> float:
+    """Mean per-token forward KL(teacher || model) over held-out sequences (every token)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, ids.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        batch = ids[rows].to(model.device)
+        logits = model(batch)
+        mask = torch.ones(batch.shape, dtype=torch.bool, device=model.device)
+        n = int(mask.sum())
+        total += float(bucket_kl(logits, targets[rows].to(model.device), mask)) * n
+        count += n
+    model.train(was_training)
+    return total / count
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_curve(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
+          train_ids: torch.Tensor, train_targets: TeacherTargets,
+          heldout_ids: torch.Tensor, heldout_targets: TeacherTargets,
+          run_dir: Path, progress: bool = True,
+          stop_after: int | None = None) -> list[dict]:
+    """Distil `model` in place for cfg.steps optimiser steps; returns the curve.
+
+    run_dir holds the checkpoint and curve.jsonl; an existing checkpoint there is resumed.
+    stop_after: return after that many steps (as a kill would; tests use it).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = model.device
+    params = set_trainable(model, policy)
+    named = list(params.items())
+    opt = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, betas=cfg.betas,
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    step, position, curve, wall = 0, 0, [], 0.0
+    pending: list[float] = []  # training losses since the last evaluation
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt["config"] != cfg.as_dict() or ckpt["seed"] != seed or ckpt["policy"] != policy:
+            raise ValueError(f"{ckpt_path} belongs to another run (config, seed or policy "
+                             "differ); remove the run folder to start over")
+        with torch.no_grad():
+            for name, p in named:
+                p.copy_(ckpt["params"][name])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        random.setstate(ckpt["python_rng"])
+        step, position, curve, wall = (ckpt["step"], ckpt["position"], ckpt["curve"],
+                                       ckpt["wall_s"])
+        pending = ckpt["pending_losses"]
+    autocast = use_bf16(cfg, device)
+    model.train()
+    per_step = cfg.batch_size * cfg.grad_accum
+    seq_len = train_ids.shape[1]
+
+    def evaluate(train_loss: float | None) -> None:
+        curve.append({"step": step, "tokens": step * per_step * seq_len, "wall_s": wall,
+                      "train_loss": train_loss, "heldout_kl": heldout_kl(
+                          model, heldout_ids, heldout_targets, cfg.eval_batch_size),
+                      "lr": sched.get_last_lr()[0]})
+
+    if not curve:
+        evaluate(None)  # step 0: where the method starts
+    bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step", disable=not progress)
+    losses = pending
+    steps_this_call = 0
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            rows = batch_rows(position, cfg.batch_size, train_ids.shape[0], seed)
+            position += cfg.batch_size
+            ids = train_ids[rows].to(device)
+            mask = torch.ones(ids.shape, dtype=torch.bool, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(ids)
+            loss = distill_loss(logits, train_targets[rows].to(device), ids, mask, cfg.loss,
+                                cfg.ce_weight)
+            (loss / cfg.grad_accum).backward()
+            total += float(loss.detach()) / cfg.grad_accum
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.clip_norm)
+        opt.step()
+        sched.step()
+        step += 1
+        steps_this_call += 1
+        wall += time.perf_counter() - t0
+        losses.append(total)
+        bar.update()
+        bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{per_step * seq_len * step / wall:.0f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            evaluate(sum(losses) / len(losses))
+            losses.clear()
+            _write_curve(run_dir / CURVE, curve)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            _atomic_torch_save({
+                "config": cfg.as_dict(), "seed": seed, "policy": policy, "step": step,
+                "position": position, "curve": curve, "wall_s": wall,
+                "pending_losses": list(losses),
+                "params": {n: p.detach().clone() for n, p in named},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
+                ckpt_path)
+        if stop_after is not None and steps_this_call >= stop_after:
+            break
+    bar.close()
+    model.eval().requires_grad_(False)
+    _write_curve(run_dir / CURVE, curve)
+    return curve

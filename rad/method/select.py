@@ -1,0 +1,178 @@
+"""RAD step 2, selection: which k attention layers become Mamba2 mixers.
+
+Every selector has one signature, `selector(request) -> sorted list of k distinct layer indices`,
+and one registry (`SELECTORS`), so later steps (build, distill, report) treat RAD's search and
+its baselines alike; the baselines register theirs in `baselines/selectors.py`. What a selector
+needs from the runner is a fact on its entry (`needs_search`, `replaces_all`), not a name check.
+
+RAD's own selector: Bayesian optimisation over a relaxed mask x in [0,1]^L, turned into
+exactly k skipped attention layers by top-k (as SWIFT, arXiv 2410.06916), maximising the
+self-speculative objective. The optuna study lives in a storage (SQLite by default), so a killed
+search resumes where it stopped.
+
+Objective `accepted-length` (default): mean draft tokens accepted per verify round. At fixed k
+the draft's cost per token is fixed, so this ranks skip sets as throughput does, without the
+timing noise of shared CPUs. `tokens-per-s` is the paper's objective, selectable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rad.digest import json_digest
+from rad.registry import Registry
+from rad.runtime.decode import SpecStats
+
+
+@dataclass(frozen=True)
+class SelectionRequest:
+    n_layers: int
+    k: int
+    seed: int = 0
+    # What a model-driven selector (RAD's search) needs: model, prompts, options. Baselines
+    # ignore it.
+    context: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.k <= self.n_layers:
+            raise ValueError(f"k must be in 1..{self.n_layers} (the number of layers); "
+                             f"got {self.k}")
+
+
+@dataclass(frozen=True)
+class Selector:
+    name: str
+    fn: Callable[[SelectionRequest], list[int]]
+    description: str = ""
+    needs_search: bool = False  # reads a layer search (diagnose + select steps) from the runner
+    replaces_all: bool = False  # k is always the number of layers
+
+    def __call__(self, req: SelectionRequest) -> list[int]:
+        return self.fn(req)
+
+
+SELECTORS: Registry[Selector] = Registry("selector")
+
+
+def register_selector(name: str, description: str = "", needs_search: bool = False,
+                      replaces_all: bool = False):
+    def deco(fn: Callable[[SelectionRequest], list[int]]):
+        SELECTORS.register(name, Selector(name, fn, description or (fn.__doc__ or "").strip(),
+                                          needs_search, replaces_all))
+        return fn
+    return deco
+
+
+def get_selector(name: str) -> Selector:
+    return SELECTORS.get(name)
+
+
+OBJECTIVES: Registry[Callable[[SpecStats], float]] = Registry("selection objective")
+OBJECTIVES.register("accepted-length", lambda s: s.mean_accepted_length)
+OBJECTIVES.register("tokens-per-s", lambda s: s.tokens_per_s)
+
+
+def top_k(x: Sequence[float], k: int) -> list[int]:
+    """Indices of the k largest entries (ties to the lower index), sorted. Depends only on the
+    order of x, so any strictly increasing rescaling of x gives the same set."""
+    order = sorted(range(len(x)), key=lambda i: (-x[i], i))
+    return sorted(order[:k])
+
+
+def mask_for(layers: Sequence[int], n_layers: int) -> dict[str, float]:
+    """The relaxed-mask point whose top-k is exactly `layers` (for warm starts)."""
+    chosen = set(layers)
+    return {f"x{i}": 1.0 if i in chosen else 0.0 for i in range(n_layers)}
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    n_layers: int
+    k: int
+    trials: int
+    seed: int
+    storage: str
+    study_name: str
+
+    @staticmethod
+    def study_name_for(settings: Mapping) -> str:
+        """Same settings -> same study in the storage (that is what makes resumption work)."""
+        return f"rad-select-{json_digest(settings)}"
+
+
+def bayesian_select(evaluate: Callable[[frozenset[int]], float], spec: SearchSpec,
+                    warm_starts: Mapping[str, Sequence[int]] = (), progress: bool = True) -> dict:
+    """Run (or resume) the study until it holds `spec.trials` completed trials.
+
+    evaluate: skip set -> objective value (higher is better). A skip set measured before, in
+    this run or a previous one, is looked up instead of measured again.
+    """
+    import optuna  # heavy (about a second); only the search needs it
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=spec.study_name, storage=spec.storage, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=spec.seed), load_if_exists=True)
+    warm_starts = dict(warm_starts)
+    if not study.trials:  # a fresh study: measure the informed guesses first
+        for name, layers in warm_starts.items():
+            study.enqueue_trial(mask_for(layers, spec.n_layers), user_attrs={"warm_start": name})
+    measured = {tuple(t.user_attrs["layers"]): t.value for t in _complete(study)}
+
+    def objective(trial) -> float:
+        x = [trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(spec.n_layers)]
+        layers = top_k(x, spec.k)
+        trial.set_user_attr("layers", layers)
+        key = tuple(layers)
+        if key in measured:
+            trial.set_user_attr("cached", True)
+            return measured[key]
+        measured[key] = evaluate(frozenset(layers))
+        return measured[key]
+
+    remaining = spec.trials - len(_complete(study))
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, show_progress_bar=progress)
+    complete = _complete(study)
+    best = max(complete, key=lambda t: t.value)  # the earliest trial among equals
+    warm = {}
+    for t in complete:
+        name = t.user_attrs.get("warm_start")
+        if name:
+            warm[name] = {"layers": t.user_attrs["layers"], "score": t.value}
+    return {
+        "k": spec.k,
+        "layers": best.user_attrs["layers"],
+        "score": best.value,
+        "warm_starts": warm,
+        "trials": len(complete),
+        "distinct_sets_measured": len({tuple(t.user_attrs["layers"]) for t in complete}),
+        "seed": spec.seed,
+        "study_name": spec.study_name,
+        "storage": spec.storage,
+    }
+
+
+def _complete(study) -> list:
+    import optuna  # see bayesian_select
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def profile_top_k(redundancy: dict, k: int) -> list[int]:
+    """The k layers whose lone skipping keeps acceptance highest (a diagnosis's top-k)."""
+    return top_k([e["acceptance_rate"] for e in redundancy["layers"]], k)
+
+
+@register_selector("rad", "RAD: Bayesian search over self-speculative decoding",
+                   needs_search=True)
+def rad_selector(req: SelectionRequest) -> list[int]:
+    """RAD's search behind the common selector signature. `req.context` carries `evaluate`
+    (skip set -> score), `trials`, `storage`, `study_name` and optional `warm_starts`."""
+    ctx = req.context
+    spec = SearchSpec(req.n_layers, req.k, ctx["trials"], req.seed, ctx["storage"],
+                      ctx["study_name"])
+    result = bayesian_select(ctx["evaluate"], spec, ctx.get("warm_starts", {}),
+                             progress=ctx.get("progress", False))
+    return result["layers"]

@@ -1,0 +1,83 @@
+"""One inference-state object for a whole model: a per-layer state from each mixer, plus the
+bookkeeping every mixer shares (how many slots are filled, which slots hold real tokens).
+
+Protocol for a layer state: `rollback(length)` forgets everything from slot `length` on. For
+attention that is free (stale K/V slots are overwritten before they are read again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KVState:
+    k: torch.Tensor  # (B, n_kv_heads, max_len, head_dim)
+    v: torch.Tensor  # (B, n_kv_heads, max_len, head_dim)
+
+    def rollback(self, length: int) -> None:
+        del length  # slots past `length` are masked out by the cache length and later overwritten
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+@dataclass
+class InferenceCache:
+    states: list
+    key_valid: torch.Tensor  # (B, max_len) bool: slot holds a real (non-padding) token
+    n_valid: torch.Tensor  # (B,) long: real tokens so far per row = next RoPE position
+    length: int = 0  # slots filled (same for every row: padding is on the left)
+
+    @classmethod
+    def allocate(cls, states: list, batch: int, max_len: int, device) -> InferenceCache:
+        return cls(states, torch.zeros(batch, max_len, dtype=torch.bool, device=device),
+                   torch.zeros(batch, dtype=torch.long, device=device))
+
+    @property
+    def max_len(self) -> int:
+        return self.key_valid.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.key_valid.shape[0]
+
+    def record(self, token_mask: torch.Tensor) -> torch.Tensor:
+        """Mark the next T slots (B, T) and return the validity of all slots so far (B, S)."""
+        end = self.length + token_mask.shape[1]
+        self.key_valid[:, self.length:end] = token_mask
+        self.n_valid += token_mask.sum(1)
+        return self.key_valid[:, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def rollback(self, length: int) -> None:
+        """Forget slots [length, self.length): used by speculative decoding on rejection."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length}; cache holds {self.length}")
+        self.length = length
+        self.n_valid = self.key_valid[:, :length].sum(1)
+        for state in self.states:
+            state.rollback(length)
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.states)
+
+
+def replicate(src: InferenceCache, dst: InferenceCache) -> None:
+    """Copy a 1-row cache into every row of `dst` (same layer kinds and max_len). Decoding reads
+    the same bytes whatever the values are, so a bench prefills one row, not `batch` rows."""
+    for s, d in zip(src.states, dst.states, strict=True):
+        for f in dataclasses.fields(d):
+            value = getattr(d, f.name)
+            if isinstance(value, torch.Tensor):
+                value.copy_(getattr(s, f.name).expand_as(value))
+            elif f.name == "length":
+                d.length = s.length
+    dst.key_valid.copy_(src.key_valid.expand_as(dst.key_valid))
+    dst.n_valid.copy_(src.n_valid.expand_as(dst.n_valid))
+    dst.length = src.length
