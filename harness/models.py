@@ -1,5 +1,7 @@
 """Models: names and folders that resolve to a Llama-family HF folder (or a hybrid folder),
 loaded into our runtime with their tokenizer. Every stage above the method loads models here.
+transformers (about 1.5 s to import) is imported inside the functions that need it: checking a
+name or a folder, as every command's bad-input path does, never pays for it.
 
 A model argument is, in order: a registered name (`smollm2-135m-instruct`, `tiny-random`), a
 local HF folder, or a hub id (downloaded where a network exists). Registered teachers are built

@@ -60,7 +60,7 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 def bench_runtime(model_name: str, batches: Sequence[int], dtypes: Sequence[str],
                   new_tokens: int, repeats: int = 3) -> list[RuntimeRecord]:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy; only this bench runs HF's model
 
     resolve_model_folder(model_name)  # bad names fail before the progress bar is drawn
     records: list[RuntimeRecord] = []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from harness.common.errors import UserError
 from harness.tasks.data import load_task
 from rad.digest import json_digest
+from rad.registry import Registry
 from rad.runtime.prompts import render_prompt
 
 
@@ -20,7 +21,8 @@ def _gsm8k_train() -> list[str]:
 
 
 # Training-split sources only (HumanEval and MATH-500 have test problems only: not here).
-SOURCES: dict[str, Callable[[], list[str]]] = {"gsm8k-train": _gsm8k_train}
+SOURCES: Registry[Callable[[], list[str]]] = Registry("prompt source")
+SOURCES.register("gsm8k-train", _gsm8k_train)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def parse_spec(spec: str) -> tuple[str, int]:
     source, _, count = spec.partition(":")
     if source not in SOURCES:
         raise UserError(f"unknown prompt source {source!r} in {spec!r}; known: "
-                        f"{', '.join(SOURCES)} (write SOURCE:N)")
+                        f"{', '.join(SOURCES.names())} (write SOURCE:N)")
     try:
         n = int(count)
     except ValueError:
@@ -50,7 +52,7 @@ def parse_spec(spec: str) -> tuple[str, int]:
 
 def build_prompt_set(spec: str, tokenizer, chat: bool = True) -> PromptSet:
     source, n = parse_spec(spec)
-    items = SOURCES[source]()
+    items = SOURCES.get(source)()
     if len(items) < n:
         raise UserError(f"prompt set {spec!r}: {source} has only {len(items)} items")
     return PromptSet(spec, tuple(render_prompt(tokenizer, q, chat) for q in items[:n]))

@@ -1,4 +1,5 @@
-"""The Task interface and its registry: one module per task registers one `Task` here.
+"""The Task interface and its registry: one module per task registers one `Task` here, with
+the `TaskData` that says where its rows live and the `EvalConfig` it is evaluated under.
 
 A task's facts (its label, headline metric, whether higher is better, whether it executes model
 code) live on its object, once; the runner records them in every run folder, so the report reads
@@ -8,14 +9,68 @@ them from JSON. Adding a task = one new module under harness/tasks/ (plus its li
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from harness.common.files import cache_dir
+from harness.models import LoadedModel
 from rad.registry import Registry
 
-if TYPE_CHECKING:  # type names only: these modules import this one
-    from harness.models import LoadedModel
-    from harness.tasks.data import TaskData
-    from harness.tasks.evaluate import EvalConfig
+DATA_HINT = (
+    "set RAD_DATA_DIR to a folder holding gsm8k/ and math500/ (e.g. ../shared/data) "
+    "or run 'rad data fetch' where a network exists"
+)
+
+
+def data_dir() -> Path:
+    """`$RAD_DATA_DIR`, else `cache_dir()/data` (where `fetch` writes)."""
+    return Path(os.environ.get("RAD_DATA_DIR") or cache_dir() / "data").expanduser()
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Where a task's rows live and how each is checked and parsed."""
+    label: str  # for messages: "GSM8K"
+    files: dict[str, str]  # split -> path relative to root()
+    fields: tuple[str, ...]  # required keys of every row; strings unless listed in `loose`
+    parse: Callable[[dict[str, Any]], Any]  # row -> the task's parsed example
+    hub: tuple[str, str | None] | None = None  # (dataset, config) for fetch; None: bundled
+    root: Callable[[], Path] | None = None  # None: data_dir()
+    missing_hint: str = DATA_HINT
+    loose: tuple[str, ...] = ()  # required fields of other types; the parser checks them
+
+    def path(self, split: str) -> Path:
+        return (self.root or data_dir)() / self.files[split]
+
+
+@dataclass
+class EvalConfig:
+    """The settings of one `rad eval` run; every task reads what applies to it."""
+    model: str
+    tasks: list[str]
+    dtype: str = "fp32"
+    limit: int | None = None
+    sample_seed: int | None = None
+    fewshot: int | None = None
+    chat: bool = False
+    batch_size: int = 8
+    max_gen_toks: int = 256
+    allow_code_execution: bool = False
+    json_path: Path | None = None
+    teacher: str | None = None
+    fidelity: bool = False
+    samples: int = 1  # HumanEval completions per problem
+    temperature: float = 0.0
+    pass_k: list[int] = field(default_factory=lambda: [1])
+    seed: int = 0
+    exec_timeout: float = 3.0
+    gamma: int = 4
+    spec_tokens: int = 64
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    device: str = "cpu"
 
 
 class Task:

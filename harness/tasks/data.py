@@ -13,47 +13,19 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 from harness.common.errors import DataError, UserError
 from harness.common.files import atomic_write_text, cache_dir
-from harness.tasks.base import TASKS
+from harness.tasks.base import DATA_HINT, TASKS, TaskData
 
 Example = Any  # a task's parsed row (a frozen dataclass of the task module)
-
-DATA_HINT = (
-    "set RAD_DATA_DIR to a folder holding gsm8k/ and math500/ (e.g. ../shared/data) "
-    "or run 'rad data fetch' where a network exists"
-)
-
-
-def data_dir() -> Path:
-    """`$RAD_DATA_DIR`, else `cache_dir()/data` (where `fetch` writes)."""
-    return Path(os.environ.get("RAD_DATA_DIR") or cache_dir() / "data").expanduser()
-
 
 class BadRow(ValueError):
     """One row is malformed (raised by a task's parser); the reader adds the file:line (or
     download row) and a fix."""
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """Where a task's rows live and how each is checked and parsed."""
-    label: str  # for messages: "GSM8K"
-    files: dict[str, str]  # split -> path relative to root()
-    fields: tuple[str, ...]  # required keys of every row; strings unless listed in `loose`
-    parse: Callable[[dict[str, Any]], Example]
-    hub: tuple[str, str | None] | None = None  # (dataset, config) for fetch; None: bundled
-    root: Callable[[], Path] | None = None  # None: data_dir()
-    missing_hint: str = DATA_HINT
-    loose: tuple[str, ...] = ()  # required fields of other types; the parser checks them
-
-    def path(self, split: str) -> Path:
-        return (self.root or data_dir)() / self.files[split]
 
 
 def get_task(name: str, split: str | None = None) -> TaskData:
@@ -191,7 +163,7 @@ def _download(task: TaskData, split: str) -> list[dict[str, Any]]:
     assert task.hub is not None
     repo, config = task.hub
     try:
-        import datasets
+        import datasets  # optional here: only fetching from the hub needs it
     except ImportError:
         raise DataError(
             f"fetching needs the datasets package; run 'pip install datasets' or {DATA_HINT}"

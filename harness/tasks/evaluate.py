@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +15,8 @@ from harness.common.errors import UserError
 from harness.common.files import atomic_write_text
 from harness.common.provenance import provenance
 from harness.models import load_model
-from harness.tasks.base import TASKS
+from harness.tasks.base import TASKS, EvalConfig
 from harness.tasks.fidelity import FidelitySettings, evaluate_fidelity
-
-
-@dataclass
-class EvalConfig:
-    model: str
-    tasks: list[str]
-    dtype: str = "fp32"
-    limit: int | None = None
-    sample_seed: int | None = None
-    fewshot: int | None = None
-    chat: bool = False
-    batch_size: int = 8
-    max_gen_toks: int = 256
-    allow_code_execution: bool = False
-    json_path: Path | None = None
-    teacher: str | None = None
-    fidelity: bool = False
-    samples: int = 1  # HumanEval completions per problem
-    temperature: float = 0.0
-    pass_k: list[int] = field(default_factory=lambda: [1])
-    seed: int = 0
-    exec_timeout: float = 3.0
-    gamma: int = 4
-    spec_tokens: int = 64
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    device: str = "cpu"
 
 
 def validate(cfg: EvalConfig) -> None:

@@ -7,8 +7,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.tasks.base import register_task
-from harness.tasks.data import BadRow, TaskData
+from harness.tasks.base import TaskData, register_task
+from harness.tasks.data import BadRow
 from harness.tasks.lm_eval_task import LmEvalTask
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

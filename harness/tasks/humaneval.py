@@ -16,8 +16,7 @@ from tqdm import tqdm
 
 from harness.common.errors import DataError, UserError
 from harness.models import LoadedModel
-from harness.tasks.base import Task, register_task
-from harness.tasks.data import TaskData
+from harness.tasks.base import Task, TaskData, register_task
 from harness.tasks.lm_backend import batched_generate
 from harness.tasks.sandbox import ExecLimits, require_opt_in, run_programs
 from rad.runtime.decode import make_sampler

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.tasks.base import register_task
-from harness.tasks.data import BadRow, TaskData
+from harness.tasks.base import TaskData, register_task
+from harness.tasks.data import BadRow
 from harness.tasks.lm_eval_task import LmEvalTask
 
 
