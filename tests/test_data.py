@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from harness.common.errors import DataError
-from harness.tasks import data
+from harness.common.files import cache_dir
+from harness.tasks import base, data
 from harness.tasks.data import check, fetch, file_sha256, load_task
 from harness.tasks.gsm8k import GSM8KExample
 from harness.tasks.humaneval import HumanEvalExample
@@ -318,9 +319,9 @@ def test_check_reports_missing_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_dirs_follow_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAD_DATA_DIR", raising=False)
-    assert data.data_dir() == tmp_path / "cache" / "data"
+    assert base.data_dir() == tmp_path / "cache" / "data"
     monkeypatch.delenv("RAD_CACHE_DIR")
-    assert data.cache_dir() == Path.home() / ".cache" / "rad-harness"
+    assert cache_dir() == Path.home() / ".cache" / "rad-harness"
     monkeypatch.setenv("RAD_DATA_DIR", str(tmp_path / "d"))
     assert data.task_path("gsm8k", "train") == tmp_path / "d" / "gsm8k" / "train.jsonl"
 

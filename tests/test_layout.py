@@ -192,3 +192,16 @@ def test_gate_and_report_run_without_torch(tmp_path):
     # the blocker works: a command that needs torch fails under it
     r = _no_torch("models")
     assert r.returncode != 0 and "torch is blocked" in r.stderr
+
+
+def test_report_refuses_a_run_file_without_the_facts_it_reads(tmp_path):
+    import json
+
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "results/smoke", old)
+    info = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps({k: info[k] for k in
+                                              ("profile", "config", "config_hash")}))
+    r = _no_torch("report", str(old), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "older rad-harness" in r.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

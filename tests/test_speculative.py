@@ -75,3 +75,9 @@ def test_speculate_cli_prints_completion_and_stats(capsys):
     assert "acceptance=" in out[-1] and "mean_accepted_length=" in out[-1]
     assert main(["speculate", "--model", "tiny-random", "--prompt", "x", "--skip", "4"]) == 2
     assert main(["speculate", "--model", "tiny-random", "--prompt", "x", "--gamma", "0"]) == 2
+
+
+def test_a_separate_draft_takes_no_skip_set():
+    _, model = pair("llama")
+    with pytest.raises(ValueError, match="self-speculative draft"):
+        speculative_generate(model, torch.tensor([[1, 2, 3]]), 4, draft=model, skip={0})
