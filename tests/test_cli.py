@@ -465,6 +465,17 @@ def test_distill_compare_writes_the_report(tiny_folder, cli, tmp_path, monkeypat
     assert again.rc == 0 and again.out.count("already complete") == 6
 
 
+def test_distill_compare_passes_a_loss_override_to_every_cell(tiny_folder, cli, tmp_path,
+                                                             monkeypatch):
+    """--loss reaches each cell (it was once replaced by the recipe's loss without a word)."""
+    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    r = cli("distill-compare", "--methods", "plain-distill", "--k", "2", "--seeds", "0",
+            "--out", str(tmp_path / "runs"), "--loss", "reverse-kl", *DISTILL)
+    assert r.rc == 0, r.err
+    summary = json.loads((tmp_path / "runs/plain-distill-s0/distill.json").read_text())
+    assert summary["settings"]["train"]["loss"] == "reverse-kl"
+
+
 def test_distill_rad_align_with_a_selection_file(tiny_folder, cli, tmp_path, monkeypatch):
     monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
     sel = tmp_path / "selection.json"

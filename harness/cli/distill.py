@@ -124,12 +124,13 @@ def cmd_distill_compare(args) -> int:
     train_cfg, data_cfg = configs[args.methods[0]]
     base = DistillRequest(args.methods[0], args.model, args.k, args.seeds[0], args.out,
                           train_cfg, data_cfg, args.teacher, args.selection, args.dtype)
-    ks = {m: (None if get_recipe(m).layer_selector.replaces_all else args.k)
-          for m in args.methods if get_recipe(m).trains}
     untrained = [m for m in args.methods if not get_recipe(m).trains]
     if untrained:
         raise UserError(f"method {untrained[0]} trains nothing (it is the reference row)")
-    folders = distill_compare.run_cells(base, args.methods, args.seeds, ks)
+    ks = {m: (None if get_recipe(m).layer_selector.replaces_all else args.k)
+          for m in args.methods}
+    folders = distill_compare.run_cells(base, args.methods, args.seeds, ks,
+                                        {m: train for m, (train, _) in configs.items()})
     rep = distill_compare.report(folders)
     for path in distill_compare.write_report(rep, report_dir):
         print(f"wrote {path}")

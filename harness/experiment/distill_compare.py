@@ -21,20 +21,24 @@ from harness.report.plots import plot_kl_curves
 from harness.report.schema import cell_name
 from harness.report.stats import CONVERGENCE_REFERENCE, first_reaching, mean_std
 from harness.report.tables import distillation_markdown
+from rad.method.distill.loop import TrainConfig
 from rad.method.recipes import get_recipe
 
 REFERENCE = CONVERGENCE_REFERENCE
 
 
 def run_cells(base: DistillRequest, methods: Sequence[str], seeds: Sequence[int],
-              ks: dict[str, int | None]) -> dict[tuple[str, int], Path]:
+              ks: dict[str, int | None],
+              trains: dict[str, TrainConfig]) -> dict[tuple[str, int], Path]:
+    """Each method x seed as a `rad distill` run; `trains`: each method's loop config (one
+    budget; the loss and CE weight are the method's, from `distill_configs`)."""
     folders = {}
     for method in methods:
         for seed in seeds:
             out = Path(base.out) / cell_name(method, seed)
             recipe = get_recipe(method)
             req = replace(base, method=method, seed=seed, out=out, k=ks[method],
-                          train=replace(base.train, loss=recipe.loss, ce_weight=recipe.ce_weight),
+                          train=trains[method],
                           selection=base.selection if recipe.layer_selector.needs_search
                           else None)
             print(f"== {method} seed {seed} -> {out}")
