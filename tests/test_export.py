@@ -151,6 +151,22 @@ def test_export_command_writes_a_folder_every_rad_command_loads(capsys, tmp_path
     assert a[0] == b[0] == 0 and a[1] == b[1]
 
 
+def test_the_model_card_carries_the_runs_results(capsys, tmp_path):
+    """A hybrid that is a distill step of a `rad reproduce` run: the card quotes its cell."""
+    src = tmp_path / "run" / "steps" / "distill-0123"
+    _cli(capsys, "hybrid", "build", "--model", "tiny-random", "--layers", "1", "--init",
+         "skip", "--out", str(src))
+    (tmp_path / "run/cells").mkdir()
+    (tmp_path / "run/cells/rad-s0.json").write_text(json.dumps({
+        "method": "rad", "seed": 0, "profile": "smoke", "steps": {"distill": {
+            "folder": "steps/distill-0123"}}, "metrics": {"heldout_kl": 0.125, "speedup": 1.5}}))
+    rc, _, err = _cli(capsys, "hybrid", "export", str(src), "--to", "bamba", "--out",
+                      str(tmp_path / "out"))
+    assert rc == 0, err
+    card = (tmp_path / "out/README.md").read_text()
+    assert "harness results (smoke profile, rad seed 0) | heldout_kl 0.125, speedup 1.5" in card
+
+
 def test_export_refusals_are_one_line_and_write_nothing(capsys, tmp_path):
     src = tmp_path / "hyb"
     _cli(capsys, "hybrid", "build", "--model", "tiny-random", "--layers", "1", "--init",
