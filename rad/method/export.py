@@ -1,6 +1,6 @@
 """Hybrids out of the harness: a hybrid `Decoder` <-> a stock transformers hybrid architecture.
 
-One target today, `bamba` (`BambaForCausalLM`, transformers >= 4.48; vLLM lists the same
+One target today, `bamba` (`BambaForCausalLM`, tested with transformers 5.24; vLLM lists the same
 architecture name): per-layer attention or Mamba2 mixer + SwiGLU MLP, RMSNorm, RoPE. It
 expresses our hybrid exactly:
 
