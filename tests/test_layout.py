@@ -205,3 +205,25 @@ def test_report_refuses_a_run_file_without_the_facts_it_reads(tmp_path):
     r = _no_torch("report", str(old), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "older rad-harness" in r.stderr
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_code_version_ignores_presentation_and_sees_computation(tmp_path, monkeypatch):
+    """Editing a table caption must not invalidate cached steps; editing the method must."""
+    from harness.common import provenance
+
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    base = provenance.code_version()
+    for presentation in ("harness/report/tables.py", "harness/cli/results.py",
+                         "harness/experiment/profiles/smoke.yaml"):
+        with (tmp_path / presentation).open("a") as f:
+            f.write("\n# a caption edit\n")
+        assert provenance.code_version() == base, presentation
+    for computation in ("rad/runtime/decode.py", "harness/tasks/rad_gsm8k.yaml",
+                        "baselines/recipes.py"):
+        with (tmp_path / computation).open("a") as f:
+            f.write("\n# a change\n")
+        assert provenance.code_version() != base, computation
+        base = provenance.code_version()
