@@ -13,6 +13,7 @@ from harness.experiment import distill_compare
 from harness.experiment.distill import DistillRequest, distill_configs, run_distill
 from harness.experiment.distill_data import DataConfig
 from harness.models import parse_dtype
+from harness.report.stats import CONVERGENCE_REFERENCE
 from harness.report.tables import distillation_markdown
 from rad.method.distill.loop import TrainConfig
 from rad.method.distill.losses import LOSSES
@@ -116,8 +117,8 @@ def cmd_distill_compare(args) -> int:
         raise UserError("--methods and --seeds need at least one entry each")
     # every method and setting is checked before any run
     configs = {m: _configs(args, m) for m in args.methods}
-    if distill_compare.REFERENCE not in args.methods:
-        raise UserError(f"--methods must include {distill_compare.REFERENCE} (the reference)")
+    if CONVERGENCE_REFERENCE not in args.methods:
+        raise UserError(f"--methods must include {CONVERGENCE_REFERENCE} (the reference)")
     report_dir = args.report_dir or args.out
     for name in ("distillation.json", "distillation.md", "distillation.png"):
         check_output_file(report_dir / name)

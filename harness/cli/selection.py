@@ -9,12 +9,11 @@ from pathlib import Path
 from harness.cli.args import add_draft_args, add_model_args
 from harness.cli.runtime import check_draft_args
 from harness.common.errors import UserError
-from harness.common.files import ensure_writable_dir
+from harness.common.files import ensure_writable_dir, read_json
 from harness.experiment.prompt_sets import parse_spec
 from harness.experiment.selection import (
     comparison_sets,
     load_workload,
-    read_json,
     run_compare,
     run_diagnose,
     run_select,

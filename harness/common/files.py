@@ -3,6 +3,7 @@ them: into a temporary sibling first, renamed into place only when complete."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.common.errors import CacheError
+from harness.common.errors import CacheError, UserError
 
 
 def cache_dir() -> Path:
@@ -76,3 +77,11 @@ def check_output_file(path: Path) -> Path:
         raise CacheError(f"output path {path} is a folder; give a file name")
     ensure_writable_dir(path.parent)
     return path
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON file the user pointed at (or a run folder holds); one-line UserError otherwise."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {what} {path}: {e}") from None

@@ -157,12 +157,11 @@ def bench_cell(label: str, model: Decoder, context: int, batch: int, new_tokens:
     prefill_batch = max(1, min(batch, prefill_max_tokens // context))
     ids = torch.randint(0, vocab, (prefill_batch, context), generator=gen).to(device)
 
-    def prefill():
-        cache = model.allocate_cache(prefill_batch, context)
-        model(ids, cache=cache, last_only=True)
+    def run_prefill():
+        prefill(model, ids, None, model.allocate_cache(prefill_batch, context))
 
-    prefill()  # warm-up
-    prefill_runs = [prefill_batch * context / timed(prefill) for _ in range(repeats)]
+    run_prefill()  # warm-up
+    prefill_runs = [prefill_batch * context / timed(run_prefill) for _ in range(repeats)]
 
     decode = _decoder(model, ids[:1], batch, WARMUP_STEPS + repeats * new_tokens)
     decode(WARMUP_STEPS)

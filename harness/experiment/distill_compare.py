@@ -24,8 +24,6 @@ from harness.report.tables import distillation_markdown
 from rad.method.distill.loop import TrainConfig
 from rad.method.recipes import get_recipe
 
-REFERENCE = CONVERGENCE_REFERENCE
-
 
 def run_cells(base: DistillRequest, methods: Sequence[str], seeds: Sequence[int],
               ks: dict[str, int | None],
@@ -55,7 +53,8 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return stat["mean"], stat["std"]
 
 
-def report(folders: dict[tuple[str, int], Path], reference: str = REFERENCE) -> dict:
+def report(folders: dict[tuple[str, int], Path],
+           reference: str = CONVERGENCE_REFERENCE) -> dict:
     methods = list(dict.fromkeys(m for m, _ in folders))
     curves = {key: _curve(f) for key, f in folders.items()}
     summaries = {key: json.loads((f / SUMMARY_FILE).read_text()) for key, f in folders.items()}

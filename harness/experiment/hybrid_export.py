@@ -37,8 +37,8 @@ def export_hybrid_folder(src: Path, to: str, out: Path) -> Path:
         config, weights = target.to_hf(lm.model, hybrid)
     except ExportError as e:
         raise UserError(f"{target.architecture} cannot express {src} exactly: {e}") from None
-    config[  # where the export came from, beside the hybrid's own provenance
-        "rad_export"] = {"source": str(src), "target": target.name, **provenance()}
+    # Where the export came from, beside the hybrid's own provenance (in `rad_hybrid`).
+    config["rad_export"] = {"source": str(src), "target": target.name, **provenance()}
     with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

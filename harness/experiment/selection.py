@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 import baselines  # noqa: F401  (registers the baselines' selectors: warm starts, comparisons)
 from harness.common.errors import UserError
-from harness.common.files import atomic_write_text, check_output_file
+from harness.common.files import atomic_write_text, check_output_file, read_json
 from harness.experiment.prompt_sets import PromptSet, build_prompt_set
 from harness.models import LoadedModel, load_model
 from harness.report.plots import plot_profile
@@ -80,13 +80,6 @@ def run_diagnose(w: Workload, out: Path) -> Path:
                  f"({w.prompts.spec}, gamma {w.settings.gamma})")
     atomic_write_text(path, json.dumps(result, indent=2))
     return path
-
-
-def read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {what} {path}: {e}") from None
 
 
 # -- select --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from harness.common.errors import UserError
-from harness.common.files import atomic_write_text, check_output_file
+from harness.common.files import atomic_write_text, check_output_file, read_json
 from harness.common.provenance import provenance
 from harness.report.plots import plot_kl_curves, plot_pareto, plot_redundancy
 from harness.report.schema import CELLS_DIR, RUN_FILE, SCHEMA, cell_name
@@ -25,22 +25,15 @@ REPORT_FILES = ("results.json", "LEADERBOARD.md", "leaderboard.csv", "pareto.png
 
 
 # -- collect --------------------------------------------------------------------------------------
-def _read(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {what} {path}: {e}") from None
-
-
 def collect(run: Path) -> dict:
     run = Path(run)
-    info = _read(run / RUN_FILE, "run file (is this a 'rad reproduce' folder?)")
+    info = read_json(run / RUN_FILE, "run file (is this a 'rad reproduce' folder?)")
     cfg = info["config"]
     missing = [k for k in ("cells", "tasks", "methods") if k not in info]
     if missing:
         raise UserError(f"{run / RUN_FILE} lacks {', '.join(missing)} (written by an older "
                         "rad-harness); re-run 'rad reproduce' into this folder to rewrite it")
-    by_name = {p.stem: _read(p, "cell result") for p in (run / CELLS_DIR).glob("*.json")}
+    by_name = {p.stem: read_json(p, "cell result") for p in (run / CELLS_DIR).glob("*.json")}
     cells = [by_name[n] for n in info["cells"] if n in by_name]
     if not cells:
         raise UserError(f"{run} has no finished cells yet; run 'rad reproduce' first")
@@ -79,9 +72,9 @@ def collect(run: Path) -> dict:
     if sel_cell:
         red_path = run / sel_cell["steps"]["diagnose"]["folder"] / "redundancy.json"
         sel_path = run / sel_cell["steps"]["select"]["folder"] / "selection.json"
-        redundancy = (_read(red_path, "redundancy profile") if red_path.exists()
+        redundancy = (read_json(red_path, "redundancy profile") if red_path.exists()
                       else _recorded(previous, sel_cell, "diagnose", red_path)["redundancy"])
-        selection = (_read(sel_path, "selection") if sel_path.exists()
+        selection = (read_json(sel_path, "selection") if sel_path.exists()
                      else _recorded(previous, sel_cell, "select", sel_path)["selection"])
     result = {"schema": SCHEMA, "profile": info["profile"], "config": cfg,
               "config_hash": info["config_hash"], "tasks": tasks, "methods": info["methods"],
