@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -26,12 +25,11 @@ from harness.tasks import lm_eval_task as eval_tasks
 from harness.tasks.humaneval import (
     HumanEvalSettings,
     evaluate_humaneval,
-    load_problems,
     pass_at_k,
 )
 from harness.tasks.lm_backend import RadLM, batched_generate, score_continuations
 from harness.tasks.lm_eval_task import LmEvalSettings, run_lm_eval_task
-from harness.tasks.sandbox import ExecLimits, require_opt_in, run_program, run_programs
+from harness.tasks.sandbox import ExecLimits, require_opt_in
 from rad.runtime.decode import generate, left_pad, speculative_generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,93 +220,8 @@ def test_math500_scores_gold_boxed_one_and_wrong_zero(tiny, few_rows):
     assert wrong["metrics"] == {"math_verify": 0.0, "exact_match": 0.0}
 
 
-# -- HumanEval: contained execution ------------------------------------------------------------
+# -- HumanEval (attacks on its contained execution: test_sandbox.py) ---------------------------
 FAST = ExecLimits(timeout_s=2.0)
-
-
-def _body(code: str) -> str:
-    return "".join("    " + line + "\n" for line in code.splitlines())
-
-
-@pytest.fixture(scope="module")
-def problems():
-    return load_problems(4)
-
-
-def test_canonical_solutions_pass_and_return_none_fails(problems):
-    results = run_programs([(p, p["canonical_solution"]) for p in problems], FAST)
-    assert [r["passed"] for r in results] == [True] * 4
-    assert not run_program(problems[0], "    return None\n", FAST)["passed"]
-
-
-def test_infinite_loop_times_out_without_hanging(problems):
-    t0 = time.monotonic()
-    r = run_program(problems[0], _body("while True:\n    pass"), FAST)
-    assert not r["passed"] and "timed out" in r["result"]
-    assert time.monotonic() - t0 < FAST.timeout_s + 10
-
-
-def test_writes_outside_scratch_are_refused_inside_allowed(problems, tmp_path):
-    p = problems[0]
-    target = tmp_path / "escaped.txt"
-    for attempt in (f"open({str(target)!r}, 'w').write('x')",
-                    f"import os\nos.makedirs({str(tmp_path / 'escaped_dir')!r})",
-                    f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
-                    f"open('src.txt', 'w').write('x')\nimport shutil\n"
-                    f"shutil.copyfile('src.txt', {str(target)!r})",
-                    f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(target)!r})"):
-        r = run_program(p, _body(attempt) + p["canonical_solution"], FAST)
-        assert not r["passed"], attempt
-    assert list(tmp_path.iterdir()) == []
-    # the program's own scratch folder stays writable: this one passes
-    ok = _body("open('note.txt', 'w').write('x')\nassert open('note.txt').read() == 'x'")
-    assert run_program(p, ok + p["canonical_solution"], FAST)["passed"]
-
-
-def _worker_processes() -> int:
-    n = 0
-    for entry in Path("/proc").iterdir():
-        try:
-            n += entry.name.isdigit() and b"_sandbox_worker" in (entry / "cmdline").read_bytes()
-        except OSError:
-            pass
-    return n
-
-
-def test_fork_bombs_are_contained(problems):
-    p = problems[0]
-    bombs = ["import posix\nwhile True:\n    try:\n        posix.fork()\n    except BaseException:"
-             "\n        pass",
-             "import os\nwhile True:\n    os.posix_spawn('/bin/sleep', ['sleep', '30'], {})",
-             "import _posixsubprocess\n_posixsubprocess.fork_exec",
-             "import subprocess\nsubprocess.run(['sleep', '30'])",
-             "import ctypes\nctypes.CDLL(None).fork()"]
-    t0 = time.monotonic()
-    results = run_programs([(p, _body(b)) for b in bombs], FAST)
-    assert not any(r["passed"] for r in results), results
-    assert time.monotonic() - t0 < 60
-    assert _worker_processes() == 0  # nothing left running
-
-
-def test_landlock_blocks_writes_outside_scratch(tmp_path):
-    import subprocess
-    import sys
-
-    from harness.tasks._sandbox_worker import apply_landlock
-    del apply_landlock  # imported here only to fail loudly if it disappears
-    scratch, outside = tmp_path / "scratch", tmp_path / "outside.txt"
-    scratch.mkdir()
-    code = ("import sys; from harness.tasks._sandbox_worker import apply_landlock\n"
-            f"abi = apply_landlock({str(scratch)!r})\n"
-            "if not abi: print('NOLANDLOCK'); sys.exit(0)\n"
-            f"open({str(scratch / 'in.txt')!r}, 'w').write('x')\n"
-            f"try:\n    open({str(outside)!r}, 'w')\nexcept PermissionError:\n    print('DENIED')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
-    if "NOLANDLOCK" in out.stdout:
-        pytest.skip("this kernel has no Landlock")
-    assert "DENIED" in out.stdout, out.stderr
-    assert (scratch / "in.txt").exists() and not outside.exists()
 
 
 def test_execution_needs_opt_in(monkeypatch, tiny):

@@ -27,8 +27,9 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def add_model_args(p: argparse.ArgumentParser, dtype_help: str = "fp32|bf16") -> None:
-    p.add_argument("--model", required=True,
+def add_model_args(p: argparse.ArgumentParser, dtype_help: str = "fp32|bf16",
+                   required: bool = True) -> None:
+    p.add_argument("--model", required=required,
                    help="registered name (see 'rad models'), local HF folder, or hub id")
     p.add_argument("--dtype", default="fp32", help=f"{dtype_help} (default fp32: the reference)")
 

