@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ExecLimits(timeout_s=2.0)
 BOUND_S = FAST.timeout_s + 20  # per program, launcher slack included
 CANARY = "rad-canary-7f3a"  # text a program chooses: must never reach the results
+ESCAPED = f"/tmp/rad-escaped-{os.getpid()}"  # where escaping writes would land
+ESCAPED_SHM = f"/dev/shm/rad-escaped-{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
@@ -315,9 +317,9 @@ def test_hangs_escapees_and_bombs_are_contained(p0):
             libc = ctypes.CDLL(None)
             while True:
                 libc.fork()"""),
-        body("""
+        body(f"""
             import os
-            os.system("touch /tmp/rad-escaped; sleep 30")
+            os.system("touch {ESCAPED}; sleep 30")
             return None"""),
         body("""
             import subprocess
@@ -346,7 +348,7 @@ def test_hangs_escapees_and_bombs_are_contained(p0):
     results = run_attacks(p0, attacks)
     assert [r["passed"] for r in results] == [False] * (len(attacks) - 1) + [True], results
     assert results[0]["status"] == results[1]["status"] == "timed out"
-    assert not Path("/tmp/rad-escaped").exists()
+    assert not Path(ESCAPED).exists()
 
 
 # -- reads, writes and leaks -------------------------------------------------------------------
@@ -377,8 +379,8 @@ def test_writes_outside_scratch_are_refused_inside_allowed(p0, outside, layers):
     secret = outside / "secret.txt"
     attacks = [gated(p0, f"open({str(secret)!r}, 'a').write('x')"),
                gated(p0, f"open({str(outside / 'new.txt')!r}, 'w').write('x')"),
-               gated(p0, "open('/tmp/rad-escaped', 'w').write('x')"),
-               gated(p0, "open('/dev/shm/rad-escaped', 'w').write('x')"),
+               gated(p0, f"open({ESCAPED!r}, 'w').write('x')"),
+               gated(p0, f"open({ESCAPED_SHM!r}, 'w').write('x')"),
                gated(p0, f"import os\nos.rename({str(secret)!r}, 'here.txt')"),
                gated(p0, f"import os\nos.remove({str(secret)!r})"),
                gated(p0, f"import os\nos.symlink('/etc', {str(outside / 'link')!r})"),
@@ -394,7 +396,7 @@ def test_writes_outside_scratch_are_refused_inside_allowed(p0, outside, layers):
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
     assert secret.read_text() == "top secret" and os.listxattr(secret) == []
     assert secret.stat().st_mode & 0o7777 == 0o666
-    assert not Path("/tmp/rad-escaped").exists() and not Path("/dev/shm/rad-escaped").exists()
+    assert not Path(ESCAPED).exists() and not Path(ESCAPED_SHM).exists()
     ok = gated(p0, "open('note.txt', 'w').write('x')\nassert open('note.txt').read() == 'x'")
     assert run_program(p0, ok, FAST)["passed"]  # its own scratch folder stays writable
 
