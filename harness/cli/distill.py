@@ -17,7 +17,9 @@ from harness.report.stats import CONVERGENCE_REFERENCE
 from harness.report.tables import distillation_markdown
 from rad.method.distill.loop import TrainConfig
 from rad.method.distill.losses import LOSSES
+from rad.method.distill.parallel import STRATEGIES
 from rad.method.recipes import get_recipe
+from rad.runtime.distributed import init_world
 
 DESCRIPTIONS = {
     "distill": "Picks the layers the method's recipe says (rad: --selection from 'rad select'; "
@@ -80,6 +82,10 @@ def _add_train_args(d) -> None:
     d.add_argument("--train-seqs", type=int, default=dd.n_train)
     d.add_argument("--heldout-seqs", type=int, default=dd.n_heldout)
     d.add_argument("--topk", type=int, default=dd.topk, help="teacher log-probs kept per token")
+    d.add_argument("--parallel", choices=STRATEGIES, default="auto",
+                   help="under torchrun: ddp (replicated weights, all-reduce of the trained "
+                   "ones), fsdp (FSDP2, everything sharded) or auto (ddp when only the new "
+                   "layers train, fsdp when all do); --batch-size stays the global batch")
 
 
 def _configs(args, method: str) -> tuple[TrainConfig, DataConfig]:
@@ -102,9 +108,12 @@ def _configs(args, method: str) -> tuple[TrainConfig, DataConfig]:
 
 def cmd_distill(args) -> int:
     train_cfg, data_cfg = _configs(args, args.method)
+    world = init_world("cpu")  # under torchrun: this rank of the process group
     out = run_distill(DistillRequest(args.method, args.model, args.k, args.seed, args.out,
                                      train_cfg, data_cfg, args.teacher, args.selection,
-                                     args.dtype))
+                                     args.dtype, parallel=args.parallel))
+    if not world.is_main:
+        return 0
     summary = json.loads((out / "distill.json").read_text())
     print(f"{summary['method']}: layers {summary['layers']}, held-out KL "
           f"{summary['heldout_kl_start']:.4f} -> {summary['heldout_kl_final']:.4f} in "

@@ -11,6 +11,7 @@ from harness.common.files import check_output_file
 from harness.report.tables import eval_summary_lines
 from harness.tasks.base import TASKS
 from harness.tasks.evaluate import EvalConfig, run_eval, validate
+from rad.runtime.distributed import init_world
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -74,7 +75,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     validate(cfg)
     if args.json:
         check_output_file(args.json)
+    world = init_world(cfg.device)  # under torchrun: batches shard over the ranks
     result = run_eval(cfg)
+    if not world.is_main:
+        return 0
     for line in eval_summary_lines(result):
         print(line)
     if args.json:

@@ -34,6 +34,7 @@ from rad.method.distill.loop import CURVE, TrainConfig, train
 from rad.method.recipes import Recipe, get_recipe
 from rad.method.replace import build_hybrid, hybrid_config, save_hybrid
 from rad.method.select import SelectionRequest
+from rad.runtime.distributed import current_world
 
 RUN_FILE = "distill_run.json"  # the run's settings and hash (not the runner's run.json)
 SUMMARY_FILE = "distill.json"
@@ -68,6 +69,7 @@ class DistillRequest:
     selection: Path | None = None
     dtype: str = "fp32"
     device: str = "cpu"
+    parallel: str = "auto"  # under torchrun: ddp, fsdp or auto (not hashed: any world resumes)
 
     def settings(self) -> dict:
         return {"method": self.method, "model": self.model, "k": self.k, "seed": self.seed,
@@ -149,11 +151,15 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
     out = Path(req.out)
     settings = req.settings()
     digest = settings_hash(settings)
+    world = current_world()  # torchrun: every rank runs this; rank 0 writes
     state = _run_state(out, digest)
+    world.barrier()  # every rank has read the folder's state before rank 0 writes to it
     if state == "done":
-        print(f"{out}: this run is already complete (nothing to do)")
+        if world.is_main:
+            print(f"{out}: this run is already complete (nothing to do)")
         return out
-    ensure_writable_dir(out.parent)
+    if world.is_main:
+        ensure_writable_dir(out.parent)
 
     t0 = time.time()
     student = load_model(req.model, dtype=req.dtype, device=req.device)
@@ -163,11 +169,13 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
                            "teacher and student must share one")
     layers, selection_info = _layers(recipe, req, student)
     # Everything is validated: from here on the run folder is written.
-    out.mkdir(parents=True, exist_ok=True)
-    if state == "new":
-        atomic_write_text(out / RUN_FILE, json.dumps(
-            {"settings": settings, "settings_hash": digest, "recipe": recipe.as_dict(),
-             "layers": layers}, indent=2))
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state == "new":
+            atomic_write_text(out / RUN_FILE, json.dumps(
+                {"settings": settings, "settings_hash": digest, "recipe": recipe.as_dict(),
+                 "layers": layers}, indent=2))
+    world.barrier()
 
     hybrid = build_hybrid(student.model, layers, recipe.init, req.seed)
     data = build_data(student.tokenizer, student.eos_token_ids[0], req.data)
@@ -178,7 +186,11 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
         alignment = align_mixers(hybrid, teacher.model, data.train_ids, recipe.align_steps,
                                  seed=req.seed)
     curve = train(hybrid, recipe.trainable, req.train, req.seed, data.train_ids, train_t,
-                  data.heldout_ids, held_t, out / "train", progress=progress)
+                  data.heldout_ids, held_t, out / "train", progress=progress, world=world,
+                  parallel=req.parallel)
+    if not world.is_main:
+        world.barrier()  # rank 0 writes the hybrid folder
+        return out
 
     record = {**provenance(), "method": recipe.name, "recipe": recipe.as_dict(),
                   "teacher": teacher.name, "data_sha256": data.sha256,
@@ -192,6 +204,9 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
                "heldout_kl_start": curve[0]["heldout_kl"],
                "heldout_kl_final": curve[-1]["heldout_kl"],
                "train_wall_s": curve[-1]["wall_s"], "run_wall_s": time.time() - t0,
-               "alignment": alignment, "settings": settings, "provenance": record}
+               "alignment": alignment, "settings": settings, "provenance": record,
+               "world_size": world.size,
+               "parallel": req.parallel if world.distributed else "single"}
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2))  # written last: done
+    world.barrier()
     return out

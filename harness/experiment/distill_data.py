@@ -31,6 +31,7 @@ from harness.common.files import atomic_dir, cache_dir
 from harness.tasks.data import load_task
 from rad.digest import json_digest
 from rad.method.distill.losses import TeacherTargets, teacher_targets
+from rad.runtime.distributed import current_world
 from rad.runtime.model import Decoder
 
 # Pure-Python stdlib modules whose top-level definitions serve as the code source.
@@ -166,11 +167,19 @@ def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
 @torch.no_grad()
 def compute_targets(teacher: Decoder, ids: torch.Tensor, k: int, tau: float,
                     batch_size: int = 4, desc: str = "teacher targets") -> TeacherTargets:
-    parts = []
-    for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, unit="batch",
-                      leave=False):
-        logits = teacher(ids[start:start + batch_size].to(teacher.device))
-        parts.append(teacher_targets(logits.cpu(), k, tau))
+    """The teacher's top-k targets for every row; under torchrun the batches go round-robin
+    over the ranks (the same batches as one process: the same numbers)."""
+    world = current_world()
+    n = (ids.shape[0] + batch_size - 1) // batch_size
+    bar = tqdm(total=n, desc=desc, unit="batch", leave=False, disable=not world.is_main)
+
+    def one(b: int) -> TeacherTargets:
+        logits = teacher(ids[b * batch_size:(b + 1) * batch_size].to(teacher.device))
+        bar.update()
+        return teacher_targets(logits.cpu(), k, tau)
+
+    parts = world.map_batches(one, n)
+    bar.close()
     return TeacherTargets(torch.cat([p.logp for p in parts]), torch.cat([p.index for p in parts]),
                           torch.cat([p.rest for p in parts]), tau)
 
@@ -178,19 +187,23 @@ def compute_targets(teacher: Decoder, ids: torch.Tensor, k: int, tau: float,
 def cached_targets(teacher: Decoder, teacher_folder: Path, data: DistillData,
                    cfg: DataConfig, dtype: str) -> tuple[TeacherTargets, TeacherTargets, str]:
     """(train targets, held-out targets, cache key): computed once per teacher x data x k x
-    tau x dtype under $RAD_CACHE_DIR/targets/<key>, reused by every method and seed."""
+    tau x dtype under $RAD_CACHE_DIR/targets/<key>, reused by every method and seed (under
+    torchrun: computed sharded, written by rank 0, read by all)."""
+    world = current_world()
     key_src = {"weights": weights_digest(teacher_folder), "data": data.sha256,
                "topk": cfg.topk, "tau": cfg.tau, "dtype": dtype, "format": 1}
     key = json_digest(key_src, length=20)
     folder = cache_dir() / "targets" / key
-    if not (folder / "targets.pt").exists():
+    if not world.broadcast((folder / "targets.pt").exists()):
         train = compute_targets(teacher, data.train_ids, cfg.topk, cfg.tau,
                                 desc="teacher targets (train)")
         held = compute_targets(teacher, data.heldout_ids, cfg.topk, cfg.tau,
                                desc="teacher targets (held-out)")
-        with atomic_dir(folder) as tmp:
-            torch.save({"train": _as_dict(train), "heldout": _as_dict(held), "key": key_src},
-                       tmp / "targets.pt")
+        if world.is_main:
+            with atomic_dir(folder) as tmp:
+                torch.save({"train": _as_dict(train), "heldout": _as_dict(held),
+                            "key": key_src}, tmp / "targets.pt")
+        world.barrier()
     blob = torch.load(folder / "targets.pt", weights_only=True)
     return _from_dict(blob["train"]), _from_dict(blob["heldout"]), key
 

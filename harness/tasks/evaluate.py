@@ -1,5 +1,7 @@
 """`rad eval`: each task's accuracy (through the task's own `evaluate`) and optional fidelity to a
-teacher, into one JSON file with provenance; per-sample records beside it."""
+teacher, into one JSON file with provenance; per-sample records beside it. Under torchrun the
+backend shards the batches over the ranks; every rank computes the same results and rank 0
+writes them."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from harness.common.provenance import provenance
 from harness.models import load_model
 from harness.tasks.base import TASKS, EvalConfig
 from harness.tasks.fidelity import FidelitySettings, evaluate_fidelity
+from rad.runtime.distributed import current_world
 
 
 def validate(cfg: EvalConfig) -> None:
@@ -107,7 +110,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                     samples_path(cfg.json_path, task, "fidelity"), fid_records)
             entry["fidelity"] = fid
         out["tasks"][task] = entry
-        if cfg.json_path:
+        if cfg.json_path and current_world().is_main:
             atomic_write_text(cfg.json_path, json.dumps(out, indent=2))
     return out
 
@@ -124,10 +127,13 @@ def _score_samples(cfg: EvalConfig) -> dict[str, Any]:
            "tasks": {task: entry}, "provenance": provenance()}
     if cfg.json_path:
         entry["samples_file"] = _write_jsonl(samples_path(cfg.json_path, task), records)
-        atomic_write_text(cfg.json_path, json.dumps(out, indent=2))
+        if current_world().is_main:
+            atomic_write_text(cfg.json_path, json.dumps(out, indent=2))
     return out
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> str:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    """Writes on rank 0 only (under torchrun every rank holds the same records)."""
+    if current_world().is_main:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return path.name

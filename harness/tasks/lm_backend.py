@@ -22,6 +22,7 @@ from tqdm import tqdm
 from harness.models import LoadedModel, load_model
 from rad.runtime.cache import InferenceCache
 from rad.runtime.decode import Sampler, generate, left_pad, prefill
+from rad.runtime.distributed import current_world
 from rad.runtime.model import Decoder
 
 DEFAULT_MAX_LENGTH = 4096  # cap on prompt + generation; also bounded by the model's positions
@@ -54,23 +55,37 @@ def batched_generate(
     eos = set(lm.eos_token_ids)
     texts: list[str] = [""] * len(contexts)
     order = _length_order([len(c) for c in contexts])
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        ids, mask = left_pad([contexts[i] for i in idx], lm.pad_token_id)
+    groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
-        def stop(row: int, new: list[int]) -> bool:
-            # Special tokens kept here so a stop string such as "<|im_end|>" also matches.
-            text = tok.decode(new, skip_special_tokens=False)
-            return any(s in text for s in until)
+    def stop(row: int, new: list[int]) -> bool:
+        # Special tokens kept here so a stop string such as "<|im_end|>" also matches.
+        text = tok.decode(new, skip_special_tokens=False)
+        return any(s in text for s in until)
 
+    def one(b: int) -> list[str]:
+        ids, mask = left_pad([contexts[i] for i in groups[b]], lm.pad_token_id)
         gen = generate(lm.model, ids, mask, max_new_tokens, eos,
                        stop=stop if until else None, sampler=sampler)
-        for i, new in zip(idx, gen.tokens, strict=True):
+        out = []
+        for new in gen.tokens:
             if new and new[-1] in eos:
                 new = new[:-1]
-            texts[i] = cut_at_stops(tok.decode(new, skip_special_tokens=True), until)
+            out.append(cut_at_stops(tok.decode(new, skip_special_tokens=True), until))
         if progress is not None:
-            progress.update(len(idx))
+            progress.update(len(groups[b]))
+        return out
+
+    # Under torchrun the batches go round-robin over the ranks (the same batches as one
+    # process, so the same tokens). A sampler's random stream runs across batches in order, so
+    # sampled generation stays on rank 0.
+    world = current_world()
+    if sampler is None:
+        results = world.map_batches(one, len(groups))
+    else:
+        results = world.on_main(lambda: [one(b) for b in range(len(groups))])
+    for idx, outs in zip(groups, results, strict=True):
+        for i, text in zip(idx, outs, strict=True):
+            texts[i] = text
     return texts
 
 
@@ -95,6 +110,13 @@ def continuation_logits(
     The sequence is left-truncated to `max_length` tokens (the context loses its start).
     A batch holds at most `batch_size` pairs and `max_logit_tokens` logit rows.
     """
+    fulls, n_cont, groups = _continuation_groups(pairs, batch_size, max_logit_tokens, max_length)
+    for group in groups:
+        yield from _group_logits(model, fulls, n_cont, group, pad_id)
+
+
+def _continuation_groups(pairs, batch_size: int, max_logit_tokens: int, max_length: int):
+    """(full sequences, continuation lengths, batches of pair indices, longest first)."""
     fulls, n_cont = [], []
     for ctx, cont in pairs:
         if not ctx:
@@ -103,7 +125,7 @@ def continuation_logits(
         fulls.append(full)
         n_cont.append(min(len(cont), len(full) - 1))
     order = _length_order([len(f) for f in fulls])
-    pos = 0
+    groups, pos = [], 0
     while pos < len(order):
         group, k = [order[pos]], max(n_cont[order[pos]], 1)
         while len(group) < batch_size and pos + len(group) < len(order):
@@ -113,16 +135,21 @@ def continuation_logits(
             group.append(order[pos + len(group)])
             k = k2
         pos += len(group)
-        ids, mask = left_pad([fulls[i][:-1] for i in group], pad_id)  # (B, T)
-        T = ids.shape[1]
-        k = min(k, T)
-        with torch.inference_mode():
-            cache: InferenceCache = model.allocate_cache(len(group), T)
-            if T > k:  # everything before the last k positions only fills the cache
-                prefill(model, ids[:, :T - k], mask[:, :T - k], cache)
-            logits = model(ids[:, T - k:], mask[:, T - k:], cache=cache)  # (B, k, V)
-        for b, i in enumerate(group):
-            yield i, logits[b, k - n_cont[i]:]
+        groups.append(group)
+    return fulls, n_cont, groups
+
+
+def _group_logits(model: Decoder, fulls, n_cont, group: list[int],
+                  pad_id: int) -> list[tuple[int, torch.Tensor]]:
+    ids, mask = left_pad([fulls[i][:-1] for i in group], pad_id)  # (B, T)
+    T = ids.shape[1]
+    k = min(max(max(n_cont[i] for i in group), 1), T)
+    with torch.inference_mode():
+        cache: InferenceCache = model.allocate_cache(len(group), T)
+        if T > k:  # everything before the last k positions only fills the cache
+            prefill(model, ids[:, :T - k], mask[:, :T - k], cache)
+        logits = model(ids[:, T - k:], mask[:, T - k:], cache=cache)  # (B, k, V)
+    return [(i, logits[b, k - n_cont[i]:]) for b, i in enumerate(group)]
 
 
 def score_continuations(
@@ -133,16 +160,25 @@ def score_continuations(
     max_length: int = DEFAULT_MAX_LENGTH,
     progress: tqdm | None = None,
 ) -> list[tuple[float, bool]]:
-    """(sum of log-probabilities, whether greedy decoding reproduces it) per pair."""
-    out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-    for i, logits in continuation_logits(model, pairs, pad_id, batch_size,
-                                         max_length=max_length):
-        cont = torch.tensor(pairs[i][1][len(pairs[i][1]) - logits.shape[0]:])
-        logp = F.log_softmax(logits.float(), -1)
-        total = float(logp.gather(-1, cont[:, None]).sum())
-        out[i] = (total, bool((logits.argmax(-1) == cont).all()))
+    """(sum of log-probabilities, whether greedy decoding reproduces it) per pair; under
+    torchrun the batches go round-robin over the ranks (same batches, same numbers)."""
+    fulls, n_cont, groups = _continuation_groups(pairs, batch_size, 2048, max_length)
+
+    def one(b: int) -> list[tuple[int, tuple[float, bool]]]:
+        scored = []
+        for i, logits in _group_logits(model, fulls, n_cont, groups[b], pad_id):
+            cont = torch.tensor(pairs[i][1][len(pairs[i][1]) - logits.shape[0]:])
+            logp = F.log_softmax(logits.float(), -1)
+            total = float(logp.gather(-1, cont[:, None]).sum())
+            scored.append((i, (total, bool((logits.argmax(-1) == cont).all()))))
         if progress is not None:
-            progress.update()
+            progress.update(len(groups[b]))
+        return scored
+
+    out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
+    for part in current_world().map_batches(one, len(groups)):
+        for i, answer in part:
+            out[i] = answer
     return out
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from harness.common.errors import UserError
 from harness.tasks.sandbox.check import REASONS, STATUSES, status_of
 from harness.tasks.sandbox.isolation import CGROUP_ROOTS, remove_cgroup
+from rad.runtime.distributed import current_world
 
 ALLOW_ENV = "RAD_ALLOW_CODE_EXECUTION"
 OPT_IN_ERROR = ("HumanEval executes model-written code; pass --allow-code-execution or set "
@@ -131,17 +132,20 @@ def _launch(job: dict, task_id: str, limits: ExecLimits) -> dict:
 
 def run_programs(jobs: list[tuple[dict, str]], limits: ExecLimits = ExecLimits(),
                  workers: int | None = None, desc: str = "humaneval execute") -> list[dict]:
-    """run_program over (problem, completion) pairs, in parallel, results in input order."""
+    """run_program over (problem, completion) pairs, in parallel, results in input order
+    (under torchrun each rank runs its share and every rank gets all results)."""
     workers = workers or max(os.cpu_count() or 1, 1)
-    bar = tqdm(total=len(jobs), desc=desc)
+    world = current_world()
+    mine = list(world.my_batches(len(jobs)))
+    bar = tqdm(total=len(mine), desc=desc, disable=not world.is_main)
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(run_program, p, c, limits) for p, c in jobs]
+        futures = [pool.submit(run_program, *jobs[i], limits) for i in mine]
         results = []
         for f in futures:
             results.append(f.result())
             bar.update()
     bar.close()
-    return results
+    return world.gather_batches(results, len(jobs))
 
 
 def isolation_summary(results: list[dict]) -> dict[str, str]:

@@ -3,7 +3,9 @@
 AdamW, linear warm-up then cosine decay, gradient clipping and accumulation, optional bf16
 autocast (fp32 master weights) where bf16 is fast, held-out KL every `eval_every` steps,
 checkpoints every `ckpt_every` steps holding everything a bit-identical resume needs: trainable
-weights, optimiser, scheduler, RNG states, the data position and the curve so far.
+weights, optimiser, scheduler, RNG states, the data position and the curve so far. Under
+torchrun the same loop runs data-parallel (`parallel`: DDP or FSDP2, the same global batch);
+rank 0 writes the checkpoint, in one process's layout, so it resumes on any world size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import torch
 from tqdm import tqdm
 
 from rad.method.distill.losses import TeacherTargets, bucket_kl, distill_loss
+from rad.method.distill.parallel import Parallel, rank_rows
 from rad.method.distill.trainable import set_trainable
+from rad.runtime.distributed import SINGLE, World
 from rad.runtime.model import Decoder
 
 CHECKPOINT = "checkpoint.pt"
@@ -132,17 +136,23 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
           train_ids: torch.Tensor, train_targets: TeacherTargets,
           heldout_ids: torch.Tensor, heldout_targets: TeacherTargets,
           run_dir: Path, progress: bool = True,
-          stop_after: int | None = None) -> list[dict]:
+          stop_after: int | None = None, world: World = SINGLE,
+          parallel: str = "auto") -> list[dict]:
     """Distil `model` in place for cfg.steps optimiser steps; returns the curve.
 
     run_dir holds the checkpoint and curve.jsonl; an existing checkpoint there is resumed.
     stop_after: return after that many steps (as a kill would; tests use it).
+    world / parallel: this process's rank and the data-parallel engine (auto: DDP when part of
+    the model trains, FSDP2 when all of it does); every rank calls train() alike.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    world.barrier()
     device = model.device
     params = set_trainable(model, policy)
-    named = list(params.items())
+    par = Parallel(model, list(params.items()), parallel, world)
+    named = par.named
     opt = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, betas=cfg.betas,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
@@ -154,10 +164,8 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
         if ckpt["config"] != cfg.as_dict() or ckpt["seed"] != seed or ckpt["policy"] != policy:
             raise ValueError(f"{ckpt_path} belongs to another run (config, seed or policy "
                              "differ); remove the run folder to start over")
-        with torch.no_grad():
-            for name, p in named:
-                p.copy_(ckpt["params"][name])
-        opt.load_state_dict(ckpt["optimizer"])
+        par.load_params(ckpt["params"])
+        par.load_optimizer(opt, ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
         random.setstate(ckpt["python_rng"])
@@ -172,29 +180,33 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
     def evaluate(train_loss: float | None) -> None:
         curve.append({"step": step, "tokens": step * per_step * seq_len, "wall_s": wall,
                       "train_loss": train_loss, "heldout_kl": heldout_kl(
-                          model, heldout_ids, heldout_targets, cfg.eval_batch_size),
+                          par.eval_module, heldout_ids, heldout_targets, cfg.eval_batch_size),
                       "lr": sched.get_last_lr()[0]})
 
     if not curve:
         evaluate(None)  # step 0: where the method starts
-    bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step",
+               disable=not (progress and world.is_main))
     losses = pending
     steps_this_call = 0
     while step < cfg.steps:
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(cfg.grad_accum):
-            rows = batch_rows(position, cfg.batch_size, train_ids.shape[0], seed)
+        for micro in range(cfg.grad_accum):
+            rows = rank_rows(batch_rows(position, cfg.batch_size, train_ids.shape[0], seed),
+                             world)
             position += cfg.batch_size
             ids = train_ids[rows].to(device)
             mask = torch.ones(ids.shape, dtype=torch.bool, device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(ids)
-            loss = distill_loss(logits, train_targets[rows].to(device), ids, mask, cfg.loss,
-                                cfg.ce_weight)
-            (loss / cfg.grad_accum).backward()
+            with par.no_sync(last=micro == cfg.grad_accum - 1):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = par.module(ids)
+                loss = distill_loss(logits, train_targets[rows].to(device), ids, mask,
+                                    cfg.loss, cfg.ce_weight)
+                (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
+        total = world.all_mean(total)  # the global batch's loss (equal tokens per rank)
         torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.clip_norm)
         opt.step()
         sched.step()
@@ -207,19 +219,24 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
         if step % cfg.eval_every == 0 or step == cfg.steps:
             evaluate(sum(losses) / len(losses))
             losses.clear()
-            _write_curve(run_dir / CURVE, curve)
+            if world.is_main:
+                _write_curve(run_dir / CURVE, curve)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            _atomic_torch_save({
+            state = {  # full tensors (a collective under FSDP: every rank builds it)
                 "config": cfg.as_dict(), "seed": seed, "policy": policy, "step": step,
                 "position": position, "curve": curve, "wall_s": wall,
-                "pending_losses": list(losses),
-                "params": {n: p.detach().clone() for n, p in named},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
-                ckpt_path)
+                "pending_losses": list(losses), "params": par.full_params(),
+                "optimizer": par.full_optimizer(opt), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+            if world.is_main:
+                _atomic_torch_save(state, ckpt_path)
+            world.barrier()
         if stop_after is not None and steps_this_call >= stop_after:
             break
     bar.close()
+    par.finish()
     model.eval().requires_grad_(False)
-    _write_curve(run_dir / CURVE, curve)
+    if world.is_main:
+        _write_curve(run_dir / CURVE, curve)
+    world.barrier()
     return curve
