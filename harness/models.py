@@ -88,20 +88,17 @@ def _build_smollm2(folder: Path) -> None:
     _load_gguf_tokenizer(gguf).save_pretrained(folder)
 
 
-@register_teacher("tiny-random", "seeded random 4-layer Llama with the SmolLM2 tokenizer "
-                  "(tests, smoke runs)")
-def _build_tiny_random(folder: Path) -> None:
+def _random_llama(folder: Path, **shape) -> None:
+    """A seeded random Llama of `shape` with SmolLM2's tokenizer (so text round-trips)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    config = LlamaConfig(tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2, **shape)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
-    # Borrow the real tokenizer so text round-trips; reuse the converted teacher's if cached.
+    # The converted teacher's tokenizer if cached (a GPU machine without the GGUF can carry
+    # just these files there), else the GGUF's.
     smollm2 = teacher_cache_dir("smollm2-135m-instruct")
     if (smollm2 / "tokenizer.json").exists():
         for f in smollm2.iterdir():
@@ -109,6 +106,24 @@ def _build_tiny_random(folder: Path) -> None:
                 shutil.copy(f, folder / f.name)
     else:
         _load_gguf_tokenizer(smollm2_gguf_path()).save_pretrained(folder)
+
+
+@register_teacher("tiny-random", "seeded random 4-layer Llama with the SmolLM2 tokenizer "
+                  "(tests, smoke runs)")
+def _build_tiny_random(folder: Path) -> None:
+    _random_llama(folder, vocab_size=49152, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=16, max_position_embeddings=2048,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+
+
+@register_teacher("smollm2-random", "SmolLM2-135M's shape (30 layers) with seeded random "
+                  "weights and its tokenizer: the gpu-smoke profile, where the GGUF cannot go")
+def _build_smollm2_random(folder: Path) -> None:
+    _random_llama(folder, vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                  num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                  head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                  rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
 
 
 def teacher_cache_dir(name: str) -> Path:

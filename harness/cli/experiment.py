@@ -7,9 +7,11 @@ from pathlib import Path
 
 from harness.common.files import check_output_file
 from harness.experiment.config import load_config
+from harness.experiment.estimate import dry_run_lines
 from harness.experiment.runner import Runner, preflight
 from harness.report.run_report import REPORT_FILES, write_report
 from harness.tasks.sandbox import code_execution_allowed
+from rad.runtime.distributed import init_world
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -30,20 +32,33 @@ def add_parser(sub, name: str, help_text: str) -> None:
     rp.add_argument("--allow-code-execution", action="store_true",
                     help="allow HumanEval to execute model-written code (or "
                     "RAD_ALLOW_CODE_EXECUTION=1); needed when the profile evaluates HumanEval")
+    rp.add_argument("--dry-run", action="store_true",
+                    help="list every step with its estimated peak memory and time per GPU "
+                    "(from the models' config.json files; needs neither a GPU nor the "
+                    "weights) and exit")
     rp.set_defaults(handler=cmd_reproduce)
 
 
 def cmd_reproduce(args) -> int:
     cfg = load_config(args.profile)
     out = args.out or Path("results") / cfg.profile
+    if args.dry_run:
+        for line in dry_run_lines(cfg, out):
+            print(line)
+        return 0
     allow = code_execution_allowed(args.allow_code_execution)
     preflight(cfg, out, allow)  # everything that can fail on input fails here, before writing
     for name in REPORT_FILES:
         check_output_file(out / name)
+    world = init_world(cfg.device)  # under torchrun: distillation and evaluation shard
     t0 = time.time()
-    print(f"rad reproduce --profile {cfg.profile}: {cfg.model}, methods "
-          f"{', '.join(cfg.methods)}, seeds {cfg.seeds}, k={cfg.k}; run folder {out}")
+    if world.is_main:
+        print(f"rad reproduce --profile {cfg.profile}: {cfg.model}, methods "
+              f"{', '.join(cfg.methods)}, seeds {cfg.seeds}, k={cfg.k}; run folder {out}"
+              + (f"; {world.size} ranks" if world.distributed else ""))
     Runner(cfg, out, allow).run()
+    if not world.is_main:
+        return 0
     for path in write_report(out):
         print(f"wrote {path}")
     print(f"rad reproduce: done in {time.time() - t0:.0f} s; see {out / 'LEADERBOARD.md'}")

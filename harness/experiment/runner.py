@@ -37,6 +37,7 @@ from harness.tasks.data import load_task
 from harness.tasks.evaluate import EvalConfig, run_eval, validate
 from rad.method.diagnose import SpecSettings
 from rad.method.recipes import get_recipe
+from rad.runtime.distributed import current_world
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class Runner:
         # Read once, at the start: the code this process runs. The checkout may move on while
         # a long run goes (a commit, an edit), and must not be what the results claim.
         self.provenance = provenance()
-        self.store = StepStore(self.out, code_version(), self.provenance)
+        self.world = current_world()  # under torchrun: rank 0 writes, sharded steps run on all
+        self.store = StepStore(self.out, code_version(), self.provenance, self.world)
         self.base = None  # LoadedModel, set by run()
         self._selection: tuple[Path, dict, dict] | None = None
 
@@ -151,7 +153,8 @@ class Runner:
             selection, self.cfg.dtype, self.cfg.device)
         folder, steps["distill"] = self.store.run("distill", inputs,
                                                   lambda f: run_distill(req(f)),
-                                                  resumable=True, label=cell.name)
+                                                  resumable=True, label=cell.name,
+                                                  every_rank=True)
         return folder
 
     def evaluate(self, model: str, model_key: str, label: str) -> tuple[Path, dict]:
@@ -165,7 +168,7 @@ class Runner:
                 max_gen_toks=e.max_gen_toks, allow_code_execution=self.allow,
                 json_path=folder / "eval.json", threads=self.cfg.threads,
                 device=self.cfg.device))
-        return self.store.run("eval", inputs, fn, label=label)
+        return self.store.run("eval", inputs, fn, label=label, every_rank=True)
 
     def bench(self, model: str | None, model_key: str, label: str) -> tuple[Path, dict]:
         """Decode throughput of `model` (None: the base model alone) and the base model,
@@ -218,8 +221,9 @@ class Runner:
             "dtype": self.cfg.dtype, "device": self.cfg.device,
             "threads": torch.get_num_threads(), "code_version": self.store.code,
             "provenance": self.provenance}
-        atomic_write_text(self.out / CELLS_DIR / f"{cell.name}.json",
-                          json.dumps(result, indent=2))
+        if self.world.is_main:
+            atomic_write_text(self.out / CELLS_DIR / f"{cell.name}.json",
+                              json.dumps(result, indent=2))
         return result
 
     def run(self) -> list[dict]:
@@ -230,11 +234,13 @@ class Runner:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.base = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-        atomic_write_text(self.out / RUN_FILE, json.dumps(run_manifest(cfg), indent=2))
+        if self.world.is_main:
+            atomic_write_text(self.out / RUN_FILE, json.dumps(run_manifest(cfg), indent=2))
         cells = plan_cells(cfg)
         results = []
         t0 = time.time()
         for i, cell in enumerate(cells, 1):
-            print(f"[{i}/{len(cells)}] {cell.name} ({time.time() - t0:.0f} s)", flush=True)
+            if self.world.is_main:
+                print(f"[{i}/{len(cells)}] {cell.name} ({time.time() - t0:.0f} s)", flush=True)
             results.append(self.run_cell(cell))
         return results

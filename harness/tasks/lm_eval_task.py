@@ -28,6 +28,7 @@ from harness.models import LoadedModel
 from harness.tasks.base import TASKS, Task
 from harness.tasks.data import doc_indices, load_task, task_path
 from harness.tasks.lm_backend import RadLM
+from rad.runtime.distributed import current_world
 from rad.runtime.prompts import render_prompt
 
 DEFAULT_SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234,
@@ -168,6 +169,9 @@ def run_lm_eval_task(lm: LoadedModel, task: str, s: LmEvalSettings,
             apply_chat_template=s.chat, fewshot_as_multiturn=s.chat,
             task_manager=TaskManager(include_path=tmp, include_defaults=False),
             log_samples=True, bootstrap_iters=1000, **DEFAULT_SEEDS)
+    # Under torchrun our backend shards the batches and every rank holds every answer, but
+    # lm-eval returns results only where LOCAL_RANK is 0: everyone takes rank 0's.
+    results = current_world().broadcast(results)
     raw = {k: v for k, v in results["results"][name].items() if k != "alias"}
     config = results["configs"][name]
     records = _records(spec, results["samples"][name])

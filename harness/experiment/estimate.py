@@ -1,0 +1,207 @@
+"""`rad reproduce --dry-run`: every step a profile would run, with its peak memory per GPU and
+its time, estimated from the models' config.json alone (no weights, no GPU, no data).
+
+Memory is counted, not guessed, where it can be: parameters and inference state come from the
+runtime's own modules built on the meta device (the hybrid's Mamba2 mixers included). The rest
+is a stated model: training activations ~34 bytes x hidden size per token per layer in bf16
+(Korthikanti et al. 2022, flash attention, no recomputation) plus fp32 logits and their
+gradient; AdamW keeps two states per trained parameter in its dtype.
+
+Time is FLOPs over an assumed sustained rate (training and prefill: 2 x params FLOPs per token
+forward, about x3 with a full backward) or, for decoding, bytes over an assumed bandwidth
+(every step reads the weights and the state) plus our runtime's measured per-layer overhead
+per decode step on an H200 (`Gpu.step_s_per_layer`, the only measured figure here). The rates
+are printed with the estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.common.errors import UserError
+from harness.experiment.config import ExperimentConfig
+from harness.models import parse_dtype, resolve_model_folder
+from rad.method.recipes import get_recipe
+from rad.runtime.config import ModelConfig
+from rad.runtime.mamba2 import Mamba2, Mamba2Sizes
+from rad.runtime.model import Decoder
+
+MODEL_CONFIGS = Path(__file__).with_name("model_configs")  # hub ids -> shipped config.json
+FULL_TEST_SETS = {"gsm8k": 1319, "math500": 500, "humaneval": 164}  # limit: null
+PROMPT_TOKENS = 256  # a 0-shot chat prompt, for the state held while answering
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str = "80 GB H100/H200-class GPU"
+    memory_gb: float = 80.0
+    flops: float = 989e12  # dense bf16 peak
+    mfu: float = 0.35  # sustained share of it in training and prefill (assumed)
+    bandwidth: float = 3.35e12  # HBM bytes/s (H100 SXM; an H200 has 4.8e12)
+    bandwidth_use: float = 0.5  # sustained share while decoding (assumed)
+    # Measured, not assumed: our runtime's decode step is launch- and sync-bound on an H200,
+    # ~2 ms per layer per step (results/gpu/README.md). It dominates decoding until the step
+    # is compiled or captured in a CUDA graph.
+    step_s_per_layer: float = 2e-3
+
+
+@dataclass
+class Step:
+    name: str
+    what: str
+    memory_gb: float  # peak per GPU on one GPU
+    seconds: float  # on one GPU
+    shards: bool  # splits over ranks under torchrun (distillation, evaluation)
+    sharded_memory_gb: float | None = None  # per GPU with FSDP over 8 ranks, where it differs
+
+
+def model_config(name: str) -> ModelConfig:
+    shipped = MODEL_CONFIGS / (name.replace("/", "--") + ".json")
+    if shipped.exists():
+        return ModelConfig.from_hf(json.loads(shipped.read_text()))
+    try:
+        folder = resolve_model_folder(name)
+    except UserError:
+        raise UserError(f"no config.json for {name!r}: ship it as {shipped} (the dry run "
+                        "reads shapes only)") from None
+    return ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+
+
+def meta_model(cfg: ModelConfig, mamba_layers: int = 0, dtype: str = "bf16") -> Decoder:
+    kinds = ["mamba2"] * mamba_layers + ["attention"] * (cfg.n_layers - mamba_layers)
+    with torch.device("meta"):
+        model = Decoder(cfg, kinds, Mamba2Sizes.from_model_config(cfg))
+    return model.to(parse_dtype(dtype))
+
+
+def params(model: Decoder) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weight_bytes(model: Decoder) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def decode_seconds(model: Decoder, gpu: Gpu, steps: int, batch: int, context: int) -> float:
+    """Each step reads the weights and the state, after our runtime's per-layer overhead."""
+    per_step = weight_bytes(model) + model.state_bytes(batch, context)
+    return steps * (per_step / (gpu.bandwidth * gpu.bandwidth_use)
+                    + gpu.step_s_per_layer * model.cfg.n_layers)
+
+
+def flops_seconds(flops: float, gpu: Gpu) -> float:
+    return flops / (gpu.flops * gpu.mfu)
+
+
+def training_memory(model: Decoder, trained: int, batch: int, seq: int) -> float:
+    cfg, elt = model.cfg, next(model.parameters()).element_size()
+    states = trained * elt * 3  # gradient + AdamW's two moments
+    activations = batch * seq * cfg.n_layers * cfg.hidden_size * 34
+    logits = batch * seq * cfg.vocab_size * (2 + 4 + 4)  # bf16 logits, fp32 log-softmax, grad
+    return weight_bytes(model) + states + activations + logits
+
+
+def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu()) -> list[Step]:
+    student_cfg = model_config(cfg.model)
+    teacher_cfg = model_config(cfg.teacher) if cfg.teacher else student_cfg
+    base, teacher = meta_model(student_cfg, 0, cfg.dtype), meta_model(teacher_cfg, 0, cfg.dtype)
+    n_teacher = params(teacher)
+    s, d, e, b = cfg.selection, cfg.distill, cfg.eval, cfg.bench
+    n_prompts = int(s.prompts.rpartition(":")[2] or 1)
+    spec_ctx = PROMPT_TOKENS + s.max_new_tokens
+    steps = [
+        Step("diagnose", f"{cfg.model}: each of {student_cfg.n_layers} layers skipped alone, "
+             f"{n_prompts} prompts x {s.max_new_tokens} tokens",
+             (weight_bytes(base) + base.state_bytes(1, spec_ctx)) / GB,
+             decode_seconds(base, gpu, (student_cfg.n_layers + 1) * n_prompts * s.max_new_tokens,
+                            1, spec_ctx), False),
+        Step("select", f"{s.trials} trials x {n_prompts} prompts x {s.max_new_tokens} tokens",
+             (weight_bytes(base) + base.state_bytes(1, spec_ctx)) / GB,
+             decode_seconds(base, gpu, s.trials * n_prompts * s.max_new_tokens, 1, spec_ctx),
+             False),
+        Step("teacher targets", f"{cfg.teacher or cfg.model} forward over "
+             f"{d.n_train + d.n_heldout} x {d.seq_len} tokens, top-{d.topk} kept (cached once)",
+             (weight_bytes(teacher) + 4 * d.seq_len * teacher_cfg.vocab_size * 4) / GB,
+             flops_seconds(2 * n_teacher * (d.n_train + d.n_heldout) * d.seq_len, gpu), True),
+    ]
+    tokens = d.steps * d.batch_size * d.grad_accum * d.seq_len
+    n_tasks = {t: e.limit or FULL_TEST_SETS.get(t, 500) for t in e.tasks}
+    for method in cfg.methods:
+        recipe = get_recipe(method)
+        k = 0 if not recipe.trains else student_cfg.n_layers \
+            if recipe.layer_selector.replaces_all else cfg.k
+        model = meta_model(student_cfg, k, cfg.dtype)
+        n = params(model)
+        trained = n if recipe.trainable == "all" else sum(  # ssm-only: the new mixers
+            p.numel() for blk in model.layers if isinstance(blk.mixer, Mamba2)
+            for p in blk.mixer.parameters())
+        for seed in cfg.seeds[:1] if not recipe.trains else cfg.seeds:
+            # (an untrained row's evaluation and bench have one step key for every seed)
+            cell = f"{method}-s{seed}"
+            if recipe.trains:
+                mem = training_memory(model, trained, d.batch_size, d.seq_len)
+                flops = tokens * (4 * n + 2 * trained)  # forward, activation and weight grads
+                fsdp = None
+                if recipe.trainable == "all":  # sharded weights, grads, states over 8 ranks
+                    act = mem - weight_bytes(model) - trained * 6
+                    fsdp = (weight_bytes(model) + trained * 6) / 8 / GB + act / GB
+                steps.append(Step(f"distill {cell}", f"{d.steps} steps x {d.batch_size} x "
+                                  f"{d.grad_accum} x {d.seq_len} tokens, {trained / 1e9:.2f}B "
+                                  "trained", mem / GB, flops_seconds(flops, gpu), True, fsdp))
+            ctx = PROMPT_TOKENS + e.max_gen_toks
+            batches = sum(math.ceil(v / e.batch_size) for v in n_tasks.values())
+            steps.append(Step(f"eval {cell}", ", ".join(f"{t} {v}" for t, v in n_tasks.items())
+                              + f" x {e.max_gen_toks} tokens, batch {e.batch_size}",
+                              (weight_bytes(model) + model.state_bytes(e.batch_size, ctx)) / GB,
+                              decode_seconds(model, gpu, batches * e.max_gen_toks, e.batch_size,
+                                             ctx), True))
+            ctx = b.context + b.new_tokens
+            both = [model, base]
+            steps.append(Step(f"bench {cell}", f"context {b.context}, batch {b.batch}, "
+                              f"{b.new_tokens} new tokens x {b.repeats}, beside the base model",
+                              max(weight_bytes(m) + m.state_bytes(b.batch, ctx) for m in both)
+                              / GB,
+                              b.repeats * sum(flops_seconds(2 * params(m) * b.batch * b.context,
+                                                            gpu)
+                                              + decode_seconds(m, gpu, b.new_tokens, b.batch, ctx)
+                                              for m in both), False))
+    return steps
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" \
+        if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def dry_run_lines(cfg: ExperimentConfig, out: Path, gpu: Gpu = Gpu(), ranks: int = 8) -> list[str]:
+    steps = plan(cfg, gpu)
+    lines = [f"rad reproduce --profile {cfg.profile} --dry-run: {len(steps)} steps into {out} "
+             f"(nothing run, nothing written)",
+             f"estimates for one {gpu.name}: {gpu.mfu:.0%} of {gpu.flops / 1e12:.0f} TFLOP/s "
+             f"bf16 in training and prefill, {gpu.bandwidth_use:.0%} of "
+             f"{gpu.bandwidth / 1e12:.2f} TB/s while decoding (assumed), plus "
+             f"{gpu.step_s_per_layer * 1e3:.0f} ms per layer per decode step (our runtime, "
+             "measured on an H200: results/gpu/README.md)",
+             "", "| step | what | memory GB/GPU | fits | time, 1 GPU | "
+             f"time, {ranks} GPUs |", "|---|---|---|---|---|---|"]
+    total1 = total8 = 0.0
+    for st in steps:
+        t8 = st.seconds / ranks if st.shards else st.seconds
+        total1, total8 = total1 + st.seconds, total8 + t8
+        mem = f"{st.memory_gb:.1f}" + (f" ({st.sharded_memory_gb:.1f} with FSDP x{ranks})"
+                                       if st.sharded_memory_gb is not None else "")
+        fits = "yes" if st.memory_gb <= gpu.memory_gb else (
+            f"with FSDP x{ranks}" if st.sharded_memory_gb is not None
+            and st.sharded_memory_gb <= gpu.memory_gb else "no")
+        lines.append(f"| {st.name} | {st.what} | {mem} | {fits} | {_time(st.seconds)} | "
+                     f"{_time(t8)} |")
+    lines += ["", f"total: {_time(total1)} on 1 GPU, {_time(total8)} on {ranks} GPUs "
+              f"(distillation, teacher targets and evaluation shard over the ranks; "
+              f"diagnosis, selection and benches run on rank 0)"]
+    return lines
