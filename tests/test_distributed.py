@@ -59,6 +59,12 @@ def _worker(rank: int, size: int, port: int, job: dict) -> None:
                           parallel=job["parallel"], stop_after=job.get("stop_after"))
             if rank == 0:
                 torch.save({"params": dict(model.state_dict()), "curve": curve}, job["out"])
+        elif job["kind"] == "targets":  # the teacher's top-k targets, sharded by batch
+            from harness.experiment.distill_data import compute_targets
+
+            t = compute_targets(sharp_teacher(), _ids(9, 16, 4), 16, 1.0, batch_size=2)
+            if rank == 0:
+                torch.save({"logp": t.logp, "index": t.index, "rest": t.rest}, job["out"])
         else:  # `rad eval` itself, sharded
             from harness.cli import main
 
@@ -144,6 +150,17 @@ def test_sharded_evaluation_is_the_one_process_result(tmp_path):
         {t: e["metrics"] for t, e in b["tasks"].items()}
     ra, rb = _records(one), _records(two)
     assert ra == rb and len(ra["gsm8k"]) == 5 and len(ra["humaneval"]) == 5
+
+
+def test_sharded_teacher_targets_are_the_one_process_targets(tmp_path):
+    from harness.experiment.distill_data import compute_targets
+
+    one = compute_targets(sharp_teacher(), _ids(9, 16, 4), 16, 1.0, batch_size=2)
+    out = tmp_path / "targets.pt"
+    _spawn({"kind": "targets", "out": str(out)})
+    two = torch.load(out)
+    assert torch.equal(two["logp"], one.logp) and torch.equal(two["index"], one.index)
+    assert torch.equal(two["rest"], one.rest)
 
 
 def test_strategy_choice():

@@ -3,5 +3,6 @@ behind one protocol, one inference cache for both, weight import from Hugging Fa
 the one decode core (`decode`: prefill, step, sampler, generate, speculative generate).
 
 Modules, bottom up: config -> linear -> cache -> ssd -> mamba2 -> model -> weights, decode,
-prompts. Nothing here knows about RAD's steps or the harness.
+prompts; `distributed` (the torchrun process world, work sharded by batch) stands apart.
+Nothing here knows about RAD's steps or the harness.
 """
