@@ -41,14 +41,18 @@ def _ids(n: int, T: int, seed: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, T), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def data():
+def loop_data():
     """Teacher targets (top-16 of 97) for 24 train and 6 held-out sequences of 16 tokens."""
     teacher = sharp_teacher()
     train_ids, held_ids = _ids(24, 16, 1), _ids(6, 16, 2)
     with torch.no_grad():
         return (train_ids, teacher_targets(teacher(train_ids), 16),
                 held_ids, teacher_targets(teacher(held_ids), 16))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return loop_data()
 
 
 # -- losses ------------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_distill import _hybrid, _ids, sharp_teacher
+from test_distill import _hybrid, _ids, loop_data, sharp_teacher
 
 from rad.method.distill.loop import TrainConfig, train
-from rad.method.distill.losses import teacher_targets
 from rad.method.distill.parallel import choose
 from rad.runtime.distributed import SINGLE, World
 
@@ -35,14 +34,6 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _data():
-    teacher = sharp_teacher()
-    train_ids, held_ids = _ids(24, 16, 1), _ids(6, 16, 2)
-    with torch.no_grad():
-        return (train_ids, teacher_targets(teacher(train_ids), 16),
-                held_ids, teacher_targets(teacher(held_ids), 16))
-
-
 def _worker(rank: int, size: int, port: int, job: dict) -> None:
     import os
 
@@ -54,7 +45,7 @@ def _worker(rank: int, size: int, port: int, job: dict) -> None:
     try:
         if job["kind"] == "train":
             model = _model()
-            curve = train(model, job["policy"], TrainConfig(**job["cfg"]), 0, *_data(),
+            curve = train(model, job["policy"], TrainConfig(**job["cfg"]), 0, *loop_data(),
                           run_dir=Path(job["run_dir"]), progress=False, world=World(rank, size),
                           parallel=job["parallel"], stop_after=job.get("stop_after"))
             if rank == 0:
@@ -83,7 +74,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _single(policy: str, run_dir: Path):
     model = _model()
-    curve = train(model, policy, CFG, 0, *_data(), run_dir=run_dir, progress=False)
+    curve = train(model, policy, CFG, 0, *loop_data(), run_dir=run_dir, progress=False)
     return dict(model.state_dict()), curve
 
 
@@ -121,7 +112,7 @@ def test_killed_on_two_ranks_resumes_on_one(tmp_path, policy, parallel):
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3  # checkpointed at 3; step 4 is lost, as in a kill
     model = _model()
-    curve = train(model, policy, CFG, 0, *_data(), run_dir=run_dir, progress=False)
+    curve = train(model, policy, CFG, 0, *loop_data(), run_dir=run_dir, progress=False)
     _assert_same(dict(model.state_dict()), curve, ref_params, ref_curve)
 
 
