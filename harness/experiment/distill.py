@@ -31,6 +31,8 @@ from harness.models import (
 from rad.digest import json_digest
 from rad.method.distill.align import align_mixers
 from rad.method.distill.loop import CURVE, TrainConfig, train
+from rad.method.distill.parallel import choose
+from rad.method.distill.trainable import TRAINABLE_POLICIES
 from rad.method.recipes import Recipe, get_recipe
 from rad.method.replace import build_hybrid, hybrid_config, save_hybrid
 from rad.method.select import SelectionRequest
@@ -144,6 +146,13 @@ def _read_selection(path: Path, model: str, lm: LoadedModel, k: int) -> list[int
     return sorted(layers)
 
 
+def _strategy(req: DistillRequest, recipe: Recipe, model, world) -> str:
+    """What ran: single, ddp or fsdp (auto resolved as the loop resolved it)."""
+    trained = TRAINABLE_POLICIES.get(recipe.trainable)(model)
+    return choose(req.parallel, world, sum(p.numel() for p in trained.values()),
+                  sum(p.numel() for p in model.parameters()))
+
+
 def run_distill(req: DistillRequest, progress: bool = True) -> Path:
     recipe = get_recipe(req.method)
     if not recipe.trains:
@@ -205,8 +214,7 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
                "heldout_kl_final": curve[-1]["heldout_kl"],
                "train_wall_s": curve[-1]["wall_s"], "run_wall_s": time.time() - t0,
                "alignment": alignment, "settings": settings, "provenance": record,
-               "world_size": world.size,
-               "parallel": req.parallel if world.distributed else "single"}
+               "world_size": world.size, "parallel": _strategy(req, recipe, hybrid, world)}
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2))  # written last: done
     world.barrier()
     return out

@@ -62,8 +62,7 @@ class Parallel:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [model.device.index] if model.device.type == "cuda" else None
-            self.module = DistributedDataParallel(model, device_ids=device_ids,
-                                                  broadcast_buffers=False)
+            self.module = DistributedDataParallel(model, device_ids=device_ids)  # no buffers
         elif self.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
