@@ -58,7 +58,7 @@ class Step:
     memory_gb: float  # peak per GPU on one GPU
     seconds: float  # on one GPU
     shards: bool  # splits over ranks under torchrun (distillation, evaluation)
-    sharded_memory_gb: float | None = None  # per GPU with FSDP over 8 ranks, where it differs
+    sharded_memory_gb: float | None = None  # per GPU with FSDP over the ranks, where it differs
 
 
 def model_config(name: str) -> ModelConfig:
@@ -99,15 +99,17 @@ def flops_seconds(flops: float, gpu: Gpu) -> float:
     return flops / (gpu.flops * gpu.mfu)
 
 
-def training_memory(model: Decoder, trained: int, batch: int, seq: int) -> float:
+def training_memory(model: Decoder, trained: int, batch: int, seq: int) -> tuple[int, int]:
+    """(bytes FSDP shards: weights, gradients, AdamW's two moments; bytes it does not:
+    activations and logits)."""
     cfg, elt = model.cfg, next(model.parameters()).element_size()
-    states = trained * elt * 3  # gradient + AdamW's two moments
+    shardable = weight_bytes(model) + trained * elt * 3
     activations = batch * seq * cfg.n_layers * cfg.hidden_size * 34
     logits = batch * seq * cfg.vocab_size * (2 + 4 + 4)  # bf16 logits, fp32 log-softmax, grad
-    return weight_bytes(model) + states + activations + logits
+    return shardable, activations + logits
 
 
-def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu()) -> list[Step]:
+def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu(), ranks: int = 8) -> list[Step]:
     student_cfg = model_config(cfg.model)
     teacher_cfg = model_config(cfg.teacher) if cfg.teacher else student_cfg
     base, teacher = meta_model(student_cfg, 0, cfg.dtype), meta_model(teacher_cfg, 0, cfg.dtype)
@@ -145,15 +147,14 @@ def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu()) -> list[Step]:
             # (an untrained row's evaluation and bench have one step key for every seed)
             cell = f"{method}-s{seed}"
             if recipe.trains:
-                mem = training_memory(model, trained, d.batch_size, d.seq_len)
+                shardable, rest = training_memory(model, trained, d.batch_size, d.seq_len)
                 flops = tokens * (4 * n + 2 * trained)  # forward, activation and weight grads
-                fsdp = None
-                if recipe.trainable == "all":  # sharded weights, grads, states over 8 ranks
-                    act = mem - weight_bytes(model) - trained * 6
-                    fsdp = (weight_bytes(model) + trained * 6) / 8 / GB + act / GB
+                fsdp = ((shardable / ranks + rest) / GB  # FSDP2 runs when every weight trains
+                        if recipe.trainable == "all" else None)
                 steps.append(Step(f"distill {cell}", f"{d.steps} steps x {d.batch_size} x "
                                   f"{d.grad_accum} x {d.seq_len} tokens, {trained / 1e9:.2f}B "
-                                  "trained", mem / GB, flops_seconds(flops, gpu), True, fsdp))
+                                  "trained", (shardable + rest) / GB, flops_seconds(flops, gpu),
+                                  True, fsdp))
             ctx = PROMPT_TOKENS + e.max_gen_toks
             batches = sum(math.ceil(v / e.batch_size) for v in n_tasks.values())
             steps.append(Step(f"eval {cell}", ", ".join(f"{t} {v}" for t, v in n_tasks.items())
@@ -180,7 +181,7 @@ def _time(seconds: float) -> str:
 
 
 def dry_run_lines(cfg: ExperimentConfig, out: Path, gpu: Gpu = Gpu(), ranks: int = 8) -> list[str]:
-    steps = plan(cfg, gpu)
+    steps = plan(cfg, gpu, ranks)
     lines = [f"rad reproduce --profile {cfg.profile} --dry-run: {len(steps)} steps into {out} "
              f"(nothing run, nothing written)",
              f"estimates for one {gpu.name}: {gpu.mfu:.0%} of {gpu.flops / 1e12:.0f} TFLOP/s "

@@ -200,7 +200,9 @@ def score_samples(path: Path, ks, limits: ExecLimits,
     problems = {p["task_id"]: p for p in load_problems()}
     rows = read_samples(path, problems)
     by_task: dict[str, list[int]] = defaultdict(list)
+    sample = []  # each row's index among its problem's samples
     for i, (p, _, _) in enumerate(rows):
+        sample.append(len(by_task[p["task_id"]]))
         by_task[p["task_id"]].append(i)
     fewest = min(len(v) for v in by_task.values())
     bad = [k for k in ks if not 1 <= k <= fewest]
@@ -209,7 +211,7 @@ def score_samples(path: Path, ks, limits: ExecLimits,
                         f"fewest in {path.name} is {fewest}")
     results = run_programs([(p, c) for p, c, _ in rows], limits)
     order = [t for t in problems if t in by_task]  # dataset order
-    records = [{"task_id": p["task_id"], "sample": by_task[p["task_id"]].index(i),
+    records = [{"task_id": p["task_id"], "sample": sample[i],
                 "completion": c, "extracted": program, "correct": r["passed"],
                 "status": r["status"], "result": r["result"]}
                for i, ((p, c, program), r) in enumerate(zip(rows, results, strict=True))]

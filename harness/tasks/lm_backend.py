@@ -28,6 +28,8 @@ from rad.runtime.model import Decoder
 DEFAULT_MAX_LENGTH = 4096  # cap on prompt + generation; also bounded by the model's positions
 
 
+MAX_LOGIT_TOKENS = 2048  # logit rows per teacher-forced batch (memory bound)
+
 def model_max_length(lm: LoadedModel) -> int:
     return min(lm.model.cfg.max_position_embeddings or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
 
@@ -101,7 +103,7 @@ def continuation_logits(
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     pad_id: int,
     batch_size: int = 8,
-    max_logit_tokens: int = 2048,
+    max_logit_tokens: int = MAX_LOGIT_TOKENS,
     max_length: int = DEFAULT_MAX_LENGTH,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Teacher-forced logits for each (context, continuation) pair: yields (index, (n, V))
@@ -162,7 +164,8 @@ def score_continuations(
 ) -> list[tuple[float, bool]]:
     """(sum of log-probabilities, whether greedy decoding reproduces it) per pair; under
     torchrun the batches go round-robin over the ranks (same batches, same numbers)."""
-    fulls, n_cont, groups = _continuation_groups(pairs, batch_size, 2048, max_length)
+    fulls, n_cont, groups = _continuation_groups(pairs, batch_size, MAX_LOGIT_TOKENS,
+                                                  max_length)
 
     def one(b: int) -> list[tuple[int, tuple[float, bool]]]:
         scored = []

@@ -10,7 +10,7 @@ computed elsewhere; `World.gather_batches` puts them back in order on every rank
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -104,6 +104,3 @@ def current_world() -> World:
         return World(dist.get_rank(), dist.get_world_size())
     return SINGLE
 
-
-def batches(items: Sequence[T], batch_size: int) -> list[Sequence[T]]:
-    return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]

@@ -89,7 +89,7 @@ def run_program(problem: dict, completion: str, limits: ExecLimits = ExecLimits(
     """
     scratch = tempfile.mkdtemp(prefix="rad-exec-")
     cgroup = os.path.basename(scratch)
-    job = {"program": problem["prompt"] + completion, "entry_point": problem["entry_point"],
+    job = {"program": problem["prompt"] + completion,
            "problem": {k: problem[k] for k in ("prompt", "test", "entry_point")},
            "timeout": limits.timeout_s, "limits": limits.for_launcher(),
            "scratch": scratch, "cgroup": cgroup, "user_namespace": user_namespace}

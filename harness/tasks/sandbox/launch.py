@@ -1,6 +1,6 @@
 """Runs ONE program; started by `harness.tasks.sandbox` as `python -I -S -B launch.py`, in a
 session of its own, with the job as JSON on stdin:
-{"program", "entry_point", "problem": {"prompt", "test", "entry_point"}, "timeout", "limits",
+{"program", "problem": {"prompt", "test", "entry_point"}, "timeout", "limits",
 "scratch" (an empty folder the harness made and removes), "cgroup" (a name for its cgroup),
 "user_namespace" (optional: the unprivileged path even as root)}.
 
@@ -90,12 +90,12 @@ def main() -> None:
     stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
     paths = {"work": work, "python": python,
              "read": isolation.read_rules(prefix, stdlib, python)}
-    cgroup = pid = None
-    reason, layers = "sandbox setup failed", dict(iso.layers)
+    pid = None
+    reason, layers = "sandbox setup failed", {}
     try:
         isolation.enter_namespaces(iso, job.get("user_namespace", False))
         isolation.expose_python(iso, prefix, os.path.join(top, "stage"))
-        cgroup = paths["cgroup"] = isolation.pids_cgroup(iso, job["cgroup"], 64)
+        paths["cgroup"] = isolation.pids_cgroup(iso, job["cgroup"], 64)
         calls_r, calls_w = os.pipe()
         answers_r, answers_w = os.pipe()
         setup_r, setup_w = os.pipe()
@@ -112,7 +112,8 @@ def main() -> None:
         else:
             deadline = time.monotonic() + job["timeout"]
             try:
-                check.send(calls_w, {"program": job["program"], "entry_point": job["entry_point"]})
+                check.send(calls_w, {"program": job["program"],
+                                     "entry_point": job["problem"]["entry_point"]})
                 reason = check.run_check(job["problem"], calls_w, answers_r, deadline)
             except check.Deadline:
                 reason = "timed out"
@@ -124,8 +125,7 @@ def main() -> None:
                 os.kill(pid, signal.SIGKILL)  # PID 1 of its namespace: everything it left dies
             except ProcessLookupError:
                 pass
-            os.waitpid(pid, 0)
-        isolation.remove_cgroup(cgroup)
+            os.waitpid(pid, 0)  # the harness then removes the cgroup and the scratch folder
     print(json.dumps({"status": check.status_of(reason), "reason": reason, "isolation": layers}))
 
 
