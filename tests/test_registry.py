@@ -41,7 +41,7 @@ def test_every_extension_point_is_a_registry():
                        (INITS, {"kqvo", "skip", "skip-zero"}),
                        (TRAINABLE_POLICIES, {"ssm-only", "all"}),
                        (LOSSES, {"forward-kl", "reverse-kl"}),
-                       (OBJECTIVES, {"accepted-length", "tokens-per-s"}),
+                       (OBJECTIVES, {"accepted-length", "tokens-per-s", "teacher-forced"}),
                        (RECIPES, {"teacher", "rad", "plain-distill", "full-ssm"}),
                        (PROFILES, {"smoke", "cpu", "paper"})):
         assert isinstance(reg, Registry) and names <= set(reg), reg.kind

@@ -141,10 +141,17 @@ def test_diagnose_and_select_write_their_files(tmp_path):
                  "--redundancy", str(out / "redundancy.json")]) == 0
     cmp = json.loads((out / "selection_comparison.json").read_text())
     names = [r["set"] for r in cmp["rows"]]
-    assert names == ["bayesian", "uniform", "profile-top-k", "random-0", "random-1"]
+    assert names == ["bayesian", "uniform", "profile-top-k", "profile-bottom-k", "random-0",
+                     "random-1"]
     for r in cmp["rows"]:
         assert len(r["speedup_runs"]) == 2 and r["speedup_vs_greedy"] > 0
         assert 0 <= r["acceptance_rate"] <= 1 and len(r["layers"]) == 2
+        # fp32 on a tiny model: the simulation may differ from decoding only on argmax ties
+        assert abs(r["teacher_forced"]["mean_accepted_length"]
+                   - r["mean_accepted_length"]) <= 1.0
+    v = cmp["validation"]
+    assert v["rows"] == len({tuple(r["layers"]) for r in cmp["rows"]})
+    assert 0 <= v["exact_rows"] <= v["rows"]
     table = (out / "selection_comparison.md").read_text()
     assert table.count("\n| ") == 1 + len(names)  # header + one row per set
 
@@ -176,4 +183,27 @@ def test_select_unwritable_storage_is_refused(tmp_path, capsys):
             "--storage", f"sqlite:///{blocker}/study.db"]
     assert main(args) == 2
     assert "not writable" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_teacher_forced_search_matches_decoding_search(tmp_path):
+    """The teacher-forced objective scores every trial as real decoding would: same study seed,
+    same sets, same scores (the tiny model in fp32 has no argmax ties on these prompts)."""
+    runs = {}
+    for objective in ("accepted-length", "teacher-forced"):
+        out = tmp_path / objective
+        assert main(["select", *TINY, "--k", "2", "--trials", "6", "--out", str(out),
+                     "--objective", objective]) == 0
+        sel = json.loads((out / "selection.json").read_text())
+        runs[objective] = (sel["layers"], sel["score"], sel["objective"])
+    assert runs["accepted-length"][:2] == runs["teacher-forced"][:2]
+    assert runs["teacher-forced"][2] == "teacher-forced"
+
+
+def test_teacher_forced_refuses_adaptive_stop(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["select", *TINY, "--k", "2", "--out", str(out), "--objective",
+                 "teacher-forced", "--stop-threshold", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fixed gamma" in err[0]
     assert not out.exists()

@@ -18,7 +18,9 @@ from harness.common.files import atomic_write_text, check_output_file, read_json
 from harness.experiment.prompt_sets import PromptSet, build_prompt_set
 from harness.models import LoadedModel, load_model
 from harness.report.plots import plot_profile
+from harness.report.stats import spearman
 from harness.report.tables import comparison_markdown
+from rad.method.acceptance import VerifierTrace, simulate_skip_set, trace_verifier
 from rad.method.diagnose import SpecSettings, measure_skip_set, redundancy_profile
 from rad.method.select import (
     OBJECTIVES,
@@ -28,7 +30,7 @@ from rad.method.select import (
     get_selector,
     profile_top_k,
 )
-from rad.runtime.decode import generate
+from rad.runtime.decode import SpecStats, generate
 
 
 @dataclass
@@ -38,15 +40,37 @@ class Workload:
     ids: list[torch.Tensor]  # one (1, T) tensor per prompt
     settings: SpecSettings
     dtype: str
+    _trace: VerifierTrace | None = None  # the verifier's continuations, traced once
 
     def provenance(self) -> dict:
         return {"model": self.lm.name, "dtype": self.dtype, "prompt_set": self.prompts.spec,
                 "prompt_sha256": self.prompts.sha256, "n_layers": self.lm.model.cfg.n_layers,
                 "settings": self.settings.as_dict()}
 
-    def measure(self, skip) -> object:
+    def measure(self, skip) -> SpecStats:
+        """Real self-speculative decoding of every prompt with `skip` (stats summed)."""
         return measure_skip_set(self.lm.model, self.ids, skip, self.settings,
                                 self.lm.eos_token_ids)
+
+    def simulate(self, skip) -> SpecStats:
+        """The same stats (no times), teacher-forced from the cached verifier trace."""
+        if self.settings.stop_threshold is not None:
+            raise UserError("the teacher-forced objective needs a fixed gamma (no "
+                            "--stop-threshold); use --objective accepted-length")
+        if self._trace is None:
+            try:
+                self._trace = trace_verifier(self.lm.model, self.ids,
+                                             self.settings.max_new_tokens,
+                                             self.lm.eos_token_ids)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        return simulate_skip_set(self.lm.model, self._trace, skip, self.settings.gamma)
+
+    def measure_for(self, objective: str):
+        """skip set -> objective value, measured the way the objective is defined."""
+        obj = OBJECTIVES.get(objective)
+        stats = self.simulate if obj.teacher_forced else self.measure
+        return lambda skip: obj.score(stats(skip))
 
 
 def load_workload(model: str, prompts: str, settings: SpecSettings, dtype: str,
@@ -89,6 +113,9 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
     _check_k(k, n_layers)
     if trials < 1:
         raise UserError("--trials must be >= 1")
+    if OBJECTIVES.get(objective).teacher_forced and w.settings.stop_threshold is not None:
+        raise UserError("the teacher-forced objective needs a fixed gamma (no "
+                        "--stop-threshold); use --objective accepted-length")
     if storage is not None and storage.startswith("sqlite:///"):
         check_output_file(Path(storage.removeprefix("sqlite:///")))
     path = check_output_file(out / "selection.json")
@@ -99,9 +126,8 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
         warm["profile-top-k"] = profile_top_k(read_json(redundancy, "redundancy profile"), k)
     settings = {**w.provenance(), "k": k, "objective": objective, "seed": seed}
     spec = SearchSpec(n_layers, k, trials, seed, storage, SearchSpec.study_name_for(settings))
-    score = OBJECTIVES.get(objective)
     t0 = time.time()
-    result = bayesian_select(lambda skip: score(w.measure(skip)), spec, warm)
+    result = bayesian_select(w.measure_for(objective), spec, warm)
     selection = {**result, **w.provenance(), "objective": objective, "wall_s": time.time() - t0}
     atomic_write_text(path, json.dumps(selection, indent=2))
     return path
@@ -110,7 +136,9 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
 # -- compare-sets: the measurement the selection issue asks for ----------------------------------
 def run_compare(w: Workload, sets: dict[str, list[int]], repeats: int, out: Path) -> Path:
     """Each skip set's acceptance and its speedup over plain greedy decoding, timed side by side
-    (plain greedy runs in every repeat beside the sets; speedup = median of per-repeat ratios)."""
+    (plain greedy runs in every repeat beside the sets; speedup = median of per-repeat ratios),
+    beside the teacher-forced objective of the same set: the table validates it (Spearman rank
+    correlation with the really decoded accepted length per round, and exact agreement)."""
     json_path = check_output_file(out / "selection_comparison.json")
     md_path = check_output_file(out / "selection_comparison.md")
     model = w.lm.model
@@ -140,17 +168,35 @@ def run_compare(w: Workload, sets: dict[str, list[int]], repeats: int, out: Path
             ratios[name].append(measured[key].tokens_per_s / base)
             bar.update()
     bar.close()
+    simulated: dict[frozenset, tuple[SpecStats, float]] = {}
+    for key in {frozenset(v) for v in sets.values()}:
+        t0 = time.perf_counter()
+        sim = w.simulate(key)
+        simulated[key] = (sim, time.perf_counter() - t0)
     rows = []
     for name, layers in sets.items():
         s = stats[name]
+        sim, sim_s = simulated[frozenset(layers)]
         rows.append({"set": name, "layers": sorted(layers),
                      "acceptance_rate": s.acceptance_rate,
                      "mean_accepted_length": s.mean_accepted_length,
                      "drafted": s.drafted, "accepted": s.accepted,
                      "speedup_vs_greedy": statistics.median(ratios[name]),
-                     "speedup_runs": ratios[name], "tokens_per_s": s.tokens_per_s})
+                     "speedup_runs": ratios[name], "tokens_per_s": s.tokens_per_s,
+                     "decode_s": s.total_s,
+                     "teacher_forced": {"mean_accepted_length": sim.mean_accepted_length,
+                                        "accepted": sim.accepted, "drafted": sim.drafted,
+                                        "wall_s": sim_s}})
+    distinct = list({tuple(r["layers"]): r for r in rows}.values())  # one name per set counts
+    real = [r["mean_accepted_length"] for r in distinct]
+    fast = [r["teacher_forced"]["mean_accepted_length"] for r in distinct]
     result = {**w.provenance(), "repeats": repeats, "plain_greedy_tok_s": plain_tok_s,
-              "threads": torch.get_num_threads(), "rows": rows}
+              "threads": torch.get_num_threads(), "rows": rows,
+              "validation": {"spearman": spearman(fast, real) if len(distinct) > 1 else None,
+                             "exact_rows": sum(r["accepted"] == r["teacher_forced"]["accepted"]
+                                               and r["drafted"] == r["teacher_forced"]["drafted"]
+                                               for r in distinct),
+                             "rows": len(distinct)}}
     atomic_write_text(json_path, json.dumps(result, indent=2))
     atomic_write_text(md_path, comparison_markdown(result))
     return md_path
@@ -166,6 +212,10 @@ def comparison_sets(n_layers: int, k: int, selection: dict | None, redundancy: d
     sets["uniform"] = get_selector("uniform")(SelectionRequest(n_layers, k, seed))
     if redundancy is not None:
         sets["profile-top-k"] = profile_top_k(redundancy, k)
+        # the bad end of the range: the k layers whose lone skipping hurts acceptance most
+        sets["profile-bottom-k"] = profile_top_k(
+            {"layers": [{"acceptance_rate": -e["acceptance_rate"]}
+                        for e in redundancy["layers"]]}, k)
     for i in range(n_random):
         sets[f"random-{seed + i}"] = get_selector("random")(SelectionRequest(n_layers, k,
                                                                                seed + i))
