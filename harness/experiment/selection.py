@@ -168,6 +168,9 @@ def run_compare(w: Workload, sets: dict[str, list[int]], repeats: int, out: Path
             ratios[name].append(measured[key].tokens_per_s / base)
             bar.update()
     bar.close()
+    t0 = time.perf_counter()
+    w.simulate(frozenset())  # traces the verifier once: its cost is reported apart
+    trace_s = time.perf_counter() - t0
     simulated: dict[frozenset, tuple[SpecStats, float]] = {}
     for key in {frozenset(v) for v in sets.values()}:
         t0 = time.perf_counter()
@@ -191,7 +194,7 @@ def run_compare(w: Workload, sets: dict[str, list[int]], repeats: int, out: Path
     real = [r["mean_accepted_length"] for r in distinct]
     fast = [r["teacher_forced"]["mean_accepted_length"] for r in distinct]
     result = {**w.provenance(), "repeats": repeats, "plain_greedy_tok_s": plain_tok_s,
-              "threads": torch.get_num_threads(), "rows": rows,
+              "threads": torch.get_num_threads(), "rows": rows, "trace_s": trace_s,
               "validation": {"spearman": spearman(fast, real) if len(distinct) > 1 else None,
                              "exact_rows": sum(r["accepted"] == r["teacher_forced"]["accepted"]
                                                and r["drafted"] == r["teacher_forced"]["drafted"]

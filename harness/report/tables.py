@@ -182,6 +182,9 @@ def comparison_markdown(result: dict) -> str:
         lines += ["", f"Teacher-forced objective vs really decoded accepted length per round: "
                   f"Spearman {rho} over {v['rows']} distinct sets; {v['exact_rows']} of "
                   f"{v['rows']} agree exactly (same accepted and drafted token counts)."]
+        if "trace_s" in result:
+            lines[-1] += (f" Tracing the verifier once (continuations and K/V) took "
+                          f"{result['trace_s']:.1f} s.")
     return "\n".join(lines) + "\n"
 
 def throughput_markdown(result: dict) -> str:
