@@ -207,3 +207,13 @@ def test_teacher_forced_refuses_adaptive_stop(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fixed gamma" in err[0]
     assert not out.exists()
+
+
+def test_random_sampler_explores_and_records_its_curve(tmp_path):
+    out = tmp_path / "random"
+    assert main(["select", *TINY, "--k", "2", "--trials", "6", "--out", str(out),
+                 "--objective", "teacher-forced", "--sampler", "random"]) == 0
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["sampler"] == "random" and len(sel["best_so_far"]) == 6
+    assert sel["best_so_far"] == sorted(sel["best_so_far"])  # best-so-far never falls
+    assert sel["best_so_far"][-1] == sel["score"]

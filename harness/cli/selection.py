@@ -19,7 +19,7 @@ from harness.experiment.selection import (
     run_select,
 )
 from rad.method.diagnose import SpecSettings
-from rad.method.select import OBJECTIVES
+from rad.method.select import OBJECTIVES, SAMPLERS
 
 DESCRIPTIONS = {
     "diagnose": "Skip each attention layer alone in the self-speculative draft and record "
@@ -54,6 +54,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
         p.add_argument("--storage",
                        help="optuna storage URL (default sqlite:///OUT/study.sqlite3)")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--sampler", default="tpe", choices=SAMPLERS.names(),
+                       help="optuna sampler: tpe (default, RAD's Bayesian search), random, or "
+                       "gp (Gaussian process; slow past a few hundred trials)")
         p.add_argument("--redundancy", type=Path,
                        help="redundancy.json from 'rad diagnose': adds its top-k as a warm start")
     elif name == "compare-sets":
@@ -86,10 +89,11 @@ def cmd_select(args) -> int:
     if args.k < 1:
         raise UserError(f"--k must be >= 1; got {args.k}")
     path = run_select(_workload(args), args.k, args.trials, args.objective, args.seed,
-                      args.out, args.storage, args.redundancy)
+                      args.out, args.storage, args.redundancy, args.sampler)
     result = json.loads(path.read_text())
     print(f"layers {result['layers']} score {result['score']:.3f} ({result['objective']}, "
-          f"{result['trials']} trials); wrote {path}")
+          f"{result['sampler']}, {result['trials']} trials, {result['distinct_sets_measured']} "
+          f"distinct sets); wrote {path}")
     return 0
 
 

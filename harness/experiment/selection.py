@@ -108,7 +108,7 @@ def run_diagnose(w: Workload, out: Path) -> Path:
 
 # -- select --------------------------------------------------------------------------------------
 def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out: Path,
-               storage: str | None, redundancy: Path | None) -> Path:
+               storage: str | None, redundancy: Path | None, sampler: str = "tpe") -> Path:
     n_layers = w.lm.model.cfg.n_layers
     _check_k(k, n_layers)
     if trials < 1:
@@ -124,8 +124,11 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
     warm = {"uniform": get_selector("uniform")(SelectionRequest(n_layers, k, seed))}
     if redundancy is not None:
         warm["profile-top-k"] = profile_top_k(read_json(redundancy, "redundancy profile"), k)
-    settings = {**w.provenance(), "k": k, "objective": objective, "seed": seed}
-    spec = SearchSpec(n_layers, k, trials, seed, storage, SearchSpec.study_name_for(settings))
+    settings = {**w.provenance(), "k": k, "objective": objective, "seed": seed,
+                # tpe stays out of the hash: studies made before samplers were selectable resume
+                **({"sampler": sampler} if sampler != "tpe" else {})}
+    spec = SearchSpec(n_layers, k, trials, seed, storage, SearchSpec.study_name_for(settings),
+                      sampler)
     t0 = time.time()
     result = bayesian_select(w.measure_for(objective), spec, warm)
     selection = {**result, **w.provenance(), "objective": objective, "wall_s": time.time() - t0}
