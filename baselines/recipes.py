@@ -25,3 +25,13 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     "uniform-swap", "uniform", "skip", "ssm-only",
     description="uniform interleave, otherwise as rad: selection vs the uniform layout"))
+# The field's layer selectors, otherwise as rad: the leaderboard compares layer choices with
+# init and training fixed.
+register_recipe(Recipe(
+    "profile-top-k", "profile-top-k", "skip", "ssm-only",
+    description="the redundancy profile's top-k (leave-one-out sensitivity, SMART in "
+    "Zebra-Llama) without the Bayesian search, otherwise as rad"))
+register_recipe(Recipe(
+    "kl-guided", "kl-guided", "skip", "ssm-only",
+    description="KL-guided selection (fla-org/hybrid-distillation): replace the k layers whose "
+    "lone restoration least lowers the all-skipped model's KL, otherwise as rad"))

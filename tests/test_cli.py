@@ -413,13 +413,17 @@ def _other_tokenizer_folder(tiny_folder: Path, dest: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["method", "teacher-method", "k", "k-full", "tokenizer",
-                                  "selection-missing", "selection-model", "out"])
+                                  "selection-missing", "selection-model", "record-kind",
+                                  "record-missing", "out"])
 def test_distill_bad_input_fails_before_training(tiny_folder, cli, tmp_path, monkeypatch, case):
     monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
     out = tmp_path / "run"
     sel = tmp_path / "selection.json"
     sel.write_text(json.dumps({"layers": [0, 1], "k": 2, "n_layers": 30,
                                "model": "smollm2-135m-instruct"}))
+    tiny_sel = tmp_path / "tiny_selection.json"
+    tiny_sel.write_text(json.dumps({"layers": [0, 1], "k": 2, "n_layers": 4,
+                                    "model": "tiny-random"}))
     argv, word = {
         "method": (["--method", "nope", "--k", "2"], "unknown method"),
         "teacher-method": (["--method", "teacher", "--k", "2"], "trains nothing"),
@@ -430,7 +434,12 @@ def test_distill_bad_input_fails_before_training(tiny_folder, cli, tmp_path, mon
                       "different tokenizers"),
         "selection-missing": (["--method", "rad", "--k", "2"], "--selection"),
         "selection-model": (["--method", "rad", "--k", "2", "--selection", str(sel)],
-                            "selection for smollm2-135m-instruct"),
+                            "record for smollm2-135m-instruct"),
+        # kl-guided reads a kl_profile.json: a selection.json for the right model is refused
+        "record-kind": (["--method", "kl-guided", "--k", "2", "--selection", str(tiny_sel)],
+                        "not a kl_profile.json record"),
+        "record-missing": (["--method", "profile-top-k", "--k", "2"],
+                           "needs --selection redundancy.json from 'rad diagnose"),
         "out": (["--method", "plain-distill", "--k", "2"], "not writable"),
     }[case]
     if case == "out":

@@ -22,6 +22,7 @@ from harness.experiment.runner import plan_cells
 from harness.report import plots, run_report, stats
 from harness.report.gate import run_gate
 from harness.report.schema import CELLS_DIR, SCHEMA, STEP_FILE
+from rad.method.select import profile_top_k
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 QUALITY = ("gsm8k", "math500", "humaneval", "heldout_kl", "heldout_kl_start", "state_bytes",
@@ -109,8 +110,25 @@ def test_smoke_profile_produces_every_table_and_plot(smoke_run):
     assert teacher["heldout_kl"] == 0 and teacher["state_bytes"] == teacher["base_state_bytes"]
     full = next(c for c in res["cells"] if c["method"] == "full-ssm")["metrics"]
     assert full["state_bytes"] < teacher["state_bytes"]  # no KV cache left
-    rad = next(c for c in res["cells"] if c["method"] == "rad")
-    assert rad["layers"] == res["selection"]["layers"]
+    # the search runs per seed (its seed is the cell's): each rad cell has its own selection
+    sels = {sel["seed"]: sel for sel in res["selections"]}
+    assert sorted(sels) == cfg.seeds_for("rad")
+    for rad in (c for c in res["cells"] if c["method"] == "rad"):
+        assert rad["layers"] == sels[rad["seed"]]["layers"]
+        assert rad["steps"]["select"]["key"] != next(
+            c for c in res["cells"] if c["method"] == "rad" and c["seed"] != rad["seed"]
+        )["steps"]["select"]["key"]
+    # the field's selectors choose from the records their steps measured
+    top = [c for c in res["cells"] if c["method"] == "profile-top-k"]
+    assert top and all(c["layers"] == profile_top_k(res["redundancy"], cfg.k) for c in top)
+    kl = [c for c in res["cells"] if c["method"] == "kl-guided"]
+    benefit = {e["layer"]: e["benefit"] for e in res["kl_profile"]["layers"]}
+    for c in kl:
+        kept = set(benefit) - set(c["layers"])
+        assert min(benefit[i] for i in kept) >= max(benefit[i] for i in c["layers"])
+    assert res["kl_profile"]["split"] == "train"
+    assert len([c for c in res["cells"] if c["method"] == "random-swap"]) == len(
+        cfg.seeds_for("random-swap")) > len(cfg.seeds)
     md = (smoke_run / "LEADERBOARD.md").read_text()
     for method in cfg.methods:
         assert f"| {method}" in md
@@ -119,7 +137,11 @@ def test_smoke_profile_produces_every_table_and_plot(smoke_run):
     assert csv_lines[0].startswith("method,n_seeds,gsm8k_mean,gsm8k_std")
     assert len(csv_lines) == 1 + len(cfg.methods)
     assert set(res["curves"]) == {f"{m}-s{s}" for m in cfg.methods if m != "teacher"
-                                  for s in cfg.seeds}
+                                  for s in cfg.seeds_for(m)}
+    claims = {v["claim"] for v in res["verdict"]}
+    assert {"selection beats KL-guided selection (same init and training)",
+            "selection beats the profile's top-k layers (same init and training)"} <= claims
+    assert any(c.startswith("BO beats the profile's top-k") for c in claims)
 
 
 def _finished_steps(run: Path) -> dict[str, int]:
@@ -283,6 +305,11 @@ def _smoke_dict() -> dict:
     (lambda d: d.update(seeds=[]), "at least one seed"),
     (lambda d: d.pop("model"), "missing key 'model'"),
     (lambda d: d["bench"].update(batch=0), "bench.batch must be >= 1"),
+    (lambda d: d.update(method_seeds={"magic": [0]}), "method_seeds names 'magic'"),
+    (lambda d: d.update(method_seeds={"rad": [1, 1]}), "method_seeds.rad needs distinct"),
+    (lambda d: d.update(method_seeds=[0]), "config.method_seeds: expected a mapping"),
+    (lambda d: d["selection"].update(sampler="magic"), "selection.sampler must be one of"),
+    (lambda d: d["selection"].update(kl_rows=999), "selection.kl_rows must be <="),
 ])
 def test_config_validation_names_the_problem(edit, message):
     d = _smoke_dict()

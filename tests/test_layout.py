@@ -104,7 +104,7 @@ def _layer(module: str) -> int:
 def test_the_walker_sees_the_imports():
     """The checks below are only as good as the walk: it must see known edges."""
     assert "rad.runtime.model" in GRAPH["rad.runtime.decode"][0]
-    assert "rad.method.select" in GRAPH["baselines.selectors"][0]
+    assert "rad.method.select" in GRAPH["baselines.selectors.uniform"][0]
     assert "harness.tasks.data" in GRAPH["harness.tasks.gsm8k"][0]
     assert len(MODULES) > 60
 

@@ -37,18 +37,21 @@ def test_lookup_names_the_known_choices_in_one_line():
 def test_every_extension_point_is_a_registry():
     for reg, names in ((TEACHERS, {"smollm2-135m-instruct", "tiny-random"}),
                        (TASKS, {"gsm8k", "math500", "humaneval"}),
-                       (SELECTORS, {"rad", "uniform", "random", "all"}),
+                       (SELECTORS, {"rad", "uniform", "random", "all", "profile-top-k", "kl-guided"}),
                        (INITS, {"kqvo", "skip", "skip-zero"}),
                        (TRAINABLE_POLICIES, {"ssm-only", "all"}),
                        (LOSSES, {"forward-kl", "reverse-kl"}),
                        (OBJECTIVES, {"accepted-length", "tokens-per-s", "teacher-forced"}),
-                       (RECIPES, {"teacher", "rad", "plain-distill", "full-ssm"}),
+                       (RECIPES, {"teacher", "rad", "plain-distill", "full-ssm", "profile-top-k",
+                                  "kl-guided"}),
                        (PROFILES, {"smoke", "cpu", "paper"})):
         assert isinstance(reg, Registry) and names <= set(reg), reg.kind
 
 
 def test_facts_live_on_the_entries():
-    assert SELECTORS.get("rad").needs_search and not SELECTORS.get("uniform").needs_search
+    assert SELECTORS.get("rad").reads == "selection" and SELECTORS.get("uniform").reads is None
+    assert SELECTORS.get("profile-top-k").reads == "redundancy"
+    assert SELECTORS.get("kl-guided").reads == "kl-profile"
     assert SELECTORS.get("all").replaces_all and not SELECTORS.get("random").replaces_all
     assert RECIPES.get("teacher").is_reference and not RECIPES.get("rad").is_reference
     assert TASKS.get("humaneval").executes_code and not TASKS.get("gsm8k").executes_code

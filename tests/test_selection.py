@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from rad.method.select import (
     SELECTORS,
     SearchSpec,
     SelectionRequest,
+    Selector,
     bayesian_select,
     get_selector,
     mask_for,
@@ -217,3 +219,126 @@ def test_random_sampler_explores_and_records_its_curve(tmp_path):
     assert sel["sampler"] == "random" and len(sel["best_so_far"]) == 6
     assert sel["best_so_far"] == sorted(sel["best_so_far"])  # best-so-far never falls
     assert sel["best_so_far"][-1] == sel["score"]
+
+
+# -- the field's selectors: each reads its measurement record ------------------------------------
+@given(n=st.integers(1, 40), data=st.data())
+def test_field_selectors_return_k_distinct_layers_from_their_records(n, data):
+    k = data.draw(st.integers(1, n))
+    seed = data.draw(st.integers(0, 1000))
+    score = st.integers(-20, 20).map(lambda i: i / 8)  # ties included
+    acceptance = data.draw(st.lists(score, min_size=n, max_size=n))
+    benefit = data.draw(st.lists(score, min_size=n, max_size=n))
+    records = {"profile-top-k": {"layers": [{"layer": i, "acceptance_rate": a}
+                                            for i, a in enumerate(acceptance)]},
+               "kl-guided": {"layers": [{"layer": i, "benefit": b}
+                                        for i, b in enumerate(benefit)]}}
+    for name, record in records.items():
+        req = SelectionRequest(n, k, seed, context={"record": record})
+        layers = get_selector(name)(req)
+        assert len(layers) == k == len(set(layers)) and layers == sorted(layers)
+        assert all(0 <= i < n for i in layers)
+        assert layers == get_selector(name)(SelectionRequest(n, k, seed + 1,
+                                                             context={"record": record}))
+        rest = [i for i in range(n) if i not in layers]
+        if name == "profile-top-k":  # skipped alone, these cost the least acceptance
+            assert not rest or min(acceptance[i] for i in layers) >= max(acceptance[i]
+                                                                         for i in rest)
+        else:  # restored alone, these lower the KL the least: they are the ones replaced
+            assert not rest or max(benefit[i] for i in layers) <= min(benefit[i] for i in rest)
+
+
+def test_selector_entries_state_what_they_read():
+    reads = {name: get_selector(name).reads for name in SELECTORS}
+    assert reads["rad"] == "selection" and reads["profile-top-k"] == "redundancy"
+    assert reads["kl-guided"] == "kl-profile" and reads["uniform"] is None
+    assert get_selector("rad").seeded_record and not get_selector("kl-guided").seeded_record
+    with pytest.raises(ValueError, match="not 3 layers|chose k=2"):
+        get_selector("rad")(SelectionRequest(8, 3, context={"record": {"k": 2,
+                                                                       "layers": [1, 2]}}))
+
+
+def test_a_selector_returning_a_wrong_set_is_refused():
+    bad = Selector("bad", lambda req: [0, 0, 1])
+    with pytest.raises(ValueError, match="not 3 distinct layers"):
+        bad(SelectionRequest(8, 3))
+
+
+def test_restore_one_kl_is_the_skip_models_kl_with_one_layer_back():
+    from baselines.selectors.kl_guided import restore_one_kl
+    from rad.method.distill.loop import heldout_kl
+    from rad.method.distill.losses import teacher_targets
+    from tiny_models import ours_from_hf, tiny_hf
+
+    model = ours_from_hf(tiny_hf("llama"), dtype=torch.float64)
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.cfg.vocab_size, (3, 12))
+    with torch.no_grad():
+        targets = teacher_targets(model(ids), k=8)
+    record = restore_one_kl(model, ids, targets, batch_size=2, progress=False)
+    n = model.cfg.n_layers
+    everything = frozenset(range(n))
+    assert record["all_skipped_kl"] == pytest.approx(heldout_kl(model, ids, targets,
+                                                                skip=everything))
+    assert record["all_skipped_kl"] > 0
+    assert [e["layer"] for e in record["layers"]] == list(range(n))
+    for e in record["layers"]:
+        assert e["kl"] == pytest.approx(heldout_kl(model, ids, targets,
+                                                   skip=everything - {e["layer"]}))
+        assert e["benefit"] == pytest.approx(record["all_skipped_kl"] - e["kl"])
+    # no attention skipped is the teacher itself: KL 0 (the bucketed KL of a model to itself)
+    assert heldout_kl(model, ids, targets) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_kl_profile_then_distill_kl_guided(tmp_path):
+    out = tmp_path / "kl"
+    data = ["--seq-len", "16", "--train-seqs", "4", "--heldout-seqs", "2", "--topk", "8"]
+    assert main(["kl-profile", "--model", "tiny-random", "--rows", "2", *data,
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "kl_profile.json").read_text())
+    assert record["record"] == "kl-profile" and record["split"] == "train"
+    assert record["rows"] == 2 and len(record["layers"]) == 4
+    expected = get_selector("kl-guided")(SelectionRequest(4, 2, context={"record": record}))
+    run = tmp_path / "run"
+    assert main(["distill", "--model", "tiny-random", "--method", "kl-guided", "--k", "2",
+                 "--selection", str(out / "kl_profile.json"), "--steps", "2", *data,
+                 "--eval-every", "1", "--out", str(run)]) == 0
+    assert json.loads((run / "distill.json").read_text())["layers"] == expected
+
+
+@pytest.mark.parametrize("bad", [["--rows", "0"], ["--rows", "5"], ["--seq-len", "0"]])
+def test_kl_profile_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, bad):
+    out = tmp_path / "out"
+    assert main(["kl-profile", "--model", "tiny-random", "--train-seqs", "4", "--out", str(out),
+                 *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rad: error:")
+    assert not out.exists()
+
+
+def test_compare_samplers_writes_curves_per_sampler_and_seed(tmp_path):
+    out = tmp_path / "samplers"
+    diag = tmp_path / "diag"
+    assert main(["diagnose", *TINY, "--objective", "teacher-forced", "--out", str(diag)]) == 0
+    assert json.loads((diag / "redundancy.json").read_text())["measured_by"] == "teacher-forced"
+    assert main(["compare-samplers", *TINY, "--k", "2", "--trials", "5", "--objective",
+                 "teacher-forced", "--samplers", "tpe,cmaes,random", "--seeds", "0,1",
+                 "--redundancy", str(diag / "redundancy.json"), "--out", str(out)]) == 0
+    result = json.loads((out / "sampler_curves.json").read_text())
+    assert [(r["sampler"], r["seed"]) for r in result["runs"]] == [
+        (s, seed) for s in ("tpe", "cmaes", "random") for seed in (0, 1)]
+    for r in result["runs"]:
+        assert len(r["best_so_far"]) == 5 == len(r["distinct_so_far"])
+        assert r["best_so_far"] == sorted(r["best_so_far"]) and r["best_so_far"][-1] == r["score"]
+        assert r["distinct_so_far"][-1] == r["distinct_sets_measured"] <= 5
+    assert set(result["reference_sets"]) == {"uniform", "profile-top-k"}
+    assert (out / "sampler_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Beats the profile's top-k" in (out / "sampler_curves.md").read_text()
+
+
+def test_compare_samplers_refuses_an_unknown_sampler(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare-samplers", *TINY, "--k", "2", "--samplers", "tpe,magic",
+                 "--out", str(out)]) == 2
+    assert "unknown sampler 'magic'" in capsys.readouterr().err
+    assert not out.exists()

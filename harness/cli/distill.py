@@ -23,6 +23,7 @@ from rad.runtime.distributed import init_world
 
 DESCRIPTIONS = {
     "distill": "Picks the layers the method's recipe says (rad: --selection from 'rad select'; "
+    "profile-top-k: --selection redundancy.json; kl-guided: --selection kl_profile.json; "
     "plain-distill: uniform; random-swap: seeded random; full-ssm: all), builds the hybrid with "
     "the recipe's init, and trains the recipe's parameters on KL to the teacher's top-k "
     "distributions (computed once, cached under $RAD_CACHE_DIR/targets). OUT becomes a hybrid "
@@ -46,7 +47,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
         d.add_argument("--seed", type=int, default=0, help="init, random layers and data order")
         d.add_argument("--steps", type=int, required=True, help="optimiser steps")
         d.add_argument("--out", type=Path, required=True, help="run folder (new, or to resume)")
-        d.add_argument("--selection", type=Path, help="selection.json from 'rad select' (rad)")
+        d.add_argument("--selection", type=Path,
+                       help="the record the method's selector reads: selection.json from 'rad "
+                       "select' (rad), redundancy.json from 'rad diagnose' (profile-top-k), "
+                       "kl_profile.json from 'rad kl-profile' (kl-guided)")
         d.add_argument("--teacher", help="teacher model (default: --model, self-distillation); "
                        "must share the tokenizer")
         d.set_defaults(handler=cmd_distill)

@@ -24,7 +24,7 @@ from harness.models import DTYPES
 from harness.tasks.base import TASKS
 from rad.digest import json_digest
 from rad.method.recipes import RECIPES
-from rad.method.select import OBJECTIVES
+from rad.method.select import OBJECTIVES, SAMPLERS
 from rad.registry import Registry
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
@@ -36,13 +36,16 @@ for _path in sorted(PROFILES_DIR.glob("*.yaml")):
 
 @dataclass(frozen=True)
 class SelectionSettings:
-    """RAD steps 1-2 on the model: the redundancy profile and the Bayesian search."""
+    """RAD steps 1-2 on the model: the redundancy profile and the Bayesian search (run once per
+    seed: the search's seed is the cell's, so rad's spread includes selection variance), and
+    the restore-one-layer KL profile the kl-guided baseline selects from."""
     prompts: str = "gsm8k-train:4"  # prompt set SOURCE:N for self-speculative decoding
     gamma: int = 4
     max_new_tokens: int = 32
     trials: int = 12
-    objective: str = "accepted-length"
-    seed: int = 0  # the search's own seed: one selection serves every rad seed
+    objective: str = "accepted-length"  # also how diagnose measures (teacher-forced: simulated)
+    sampler: str = "tpe"
+    kl_rows: int = 8  # distillation training rows the kl-profile scores
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class ExperimentConfig:
     methods: list[str]
     seeds: list[int]
     k: int  # attention layers replaced by Mamba2 (full-ssm replaces all)
+    # Seeds for particular methods instead of `seeds` (e.g. more draws for random-swap).
+    method_seeds: dict[str, list[int]] = field(default_factory=dict)
     teacher: str | None = None  # distillation teacher; None: self-distillation from `model`
     dtype: str = "fp32"
     device: str = "cpu"
@@ -107,6 +112,9 @@ class ExperimentConfig:
     bench: BenchSettings = field(default_factory=BenchSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     budget_minutes: int | None = None  # what the profile is sized for (documentation)
+
+    def seeds_for(self, method: str) -> list[int]:
+        return self.method_seeds.get(method, self.seeds)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,6 +136,12 @@ def _coerce(value: Any, tp, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, where)
+    if origin is dict:
+        key_tp, inner = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, where): _coerce(v, inner, f"{where}.{k}")
+                for k, v in value.items()}
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -173,6 +187,11 @@ def _check(cfg: ExperimentConfig, where: str) -> None:
         raise UserError(f"{where}: methods and seeds must not repeat")
     if not cfg.seeds:
         raise UserError(f"{where}: seeds needs at least one seed")
+    for m, seeds in cfg.method_seeds.items():
+        if m not in cfg.methods:
+            raise UserError(f"{where}: method_seeds names {m!r}, which is not in methods")
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise UserError(f"{where}: method_seeds.{m} needs distinct seeds")
     for t in cfg.eval.tasks:
         if t not in TASKS:
             raise UserError(f"{where}: unknown task {t!r}; known tasks: "
@@ -184,10 +203,13 @@ def _check(cfg: ExperimentConfig, where: str) -> None:
     if cfg.selection.objective not in OBJECTIVES:
         raise UserError(f"{where}: selection.objective must be one of "
                         f"{', '.join(OBJECTIVES.names())}")
+    if cfg.selection.sampler not in SAMPLERS:
+        raise UserError(f"{where}: selection.sampler must be one of "
+                        f"{', '.join(SAMPLERS.names())}")
     parse_spec(cfg.selection.prompts)
     positive = {"k": cfg.k, "threads": cfg.threads,
                 **{f"selection.{k}": v for k, v in dataclasses.asdict(cfg.selection).items()
-                   if k in ("gamma", "max_new_tokens", "trials")},
+                   if k in ("gamma", "max_new_tokens", "trials", "kl_rows")},
                 **{f"distill.{k}": v for k, v in dataclasses.asdict(cfg.distill).items()
                    if isinstance(v, int) and k != "warmup_steps"},
                 **{f"eval.{k}": v for k, v in dataclasses.asdict(cfg.eval).items()
@@ -198,6 +220,9 @@ def _check(cfg: ExperimentConfig, where: str) -> None:
             raise UserError(f"{where}: {name} must be >= 1; got {v}")
     if min(dataclasses.asdict(cfg.gate).values()) < 0 or cfg.distill.lr <= 0:
         raise UserError(f"{where}: gate tolerances must be >= 0 and distill.lr > 0")
+    if cfg.selection.kl_rows > cfg.distill.n_train:
+        raise UserError(f"{where}: selection.kl_rows must be <= distill.n_train "
+                        f"({cfg.distill.n_train})")
     if cfg.distill.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"{where}: distill.precision must be auto, fp32 or bf16")
 

@@ -35,7 +35,7 @@ from rad.method.distill.parallel import choose
 from rad.method.distill.trainable import TRAINABLE_POLICIES
 from rad.method.recipes import Recipe, get_recipe
 from rad.method.replace import build_hybrid, hybrid_config, save_hybrid
-from rad.method.select import SelectionRequest
+from rad.method.select import RECORDS, SelectionRequest
 from rad.runtime.distributed import current_world
 
 RUN_FILE = "distill_run.json"  # the run's settings and hash (not the runner's run.json)
@@ -115,23 +115,44 @@ def _layers(recipe: Recipe, req: DistillRequest, lm: LoadedModel) -> tuple[list[
                         "omitted)")
     if not 1 <= k <= n:
         raise UserError(f"--k {k} is out of range 1..{n} ({req.model} has {n} layers)")
-    if not selector.needs_search:
+    if selector.reads is None:
         layers = selector(SelectionRequest(n, k, req.seed))
         return layers, {"selector": recipe.selector, "seed": req.seed}
+    kind = RECORDS[selector.reads]
     if req.selection is None:
-        raise UserError(f"method {recipe.name} needs --selection SELECTION.json from 'rad "
-                        f"select --model {req.model} --k {k}' (the Bayesian search)")
-    return _read_selection(req.selection, req.model, lm, k), {
-        "selector": recipe.selector, "selection": str(req.selection)}
-
-
-def _read_selection(path: Path, model: str, lm: LoadedModel, k: int) -> list[int]:
+        raise UserError(f"method {recipe.name} needs --selection {kind.file} from "
+                        f"'{kind.made_by} --model {req.model}' (its selector reads it)")
+    record = _read_record(req.selection, selector.reads, req.model, lm)
     try:
-        sel = json.loads(Path(path).read_text())
-        layers, sel_k, sel_n = list(sel["layers"]), int(sel["k"]), int(sel["n_layers"])
-        sel_model = str(sel["model"])
+        layers = selector(SelectionRequest(n, k, req.seed, context={"record": record}))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{req.selection}: {e}") from None
+    return layers, {"selector": recipe.selector, "seed": req.seed,
+                    "selection": str(req.selection)}
+
+
+def _record_kind(record: dict) -> str | None:
+    """Which measurement a JSON record is; records written before `record` was stored are
+    recognised by their fields."""
+    if "record" in record:
+        return record["record"]
+    if "k" in record and "layers" in record:
+        return "selection"
+    entries = record.get("layers") or [{}]
+    return "redundancy" if isinstance(entries[0], dict) and "acceptance_rate" in entries[0] \
+        else None
+
+
+def _read_record(path: Path, kind: str, model: str, lm: LoadedModel) -> dict:
+    """The record a selector reads, checked: the right kind, for this model."""
+    try:
+        record = json.loads(Path(path).read_text())
+        sel_n, sel_model = int(record["n_layers"]), str(record["model"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read selection {path}: {e}") from None
+        raise UserError(f"cannot read {path}: {e}") from None
+    if _record_kind(record) != kind:
+        raise UserError(f"{path} is not a {RECORDS[kind].file} record (from "
+                        f"'{RECORDS[kind].made_by}')")
     n = lm.model.cfg.n_layers
     if sel_model in TEACHERS:  # by name or its cache folder; never build a teacher to compare
         folder = teacher_cache_dir(sel_model)
@@ -139,11 +160,9 @@ def _read_selection(path: Path, model: str, lm: LoadedModel, k: int) -> list[int
         folder = Path(sel_model)  # a local folder (a hub id compares by name only)
     same_model = sel_model == model or folder.resolve() == lm.folder.resolve()
     if not same_model or sel_n != n:
-        raise UserError(f"{path} is a selection for {sel_model} ({sel_n} layers), not for "
+        raise UserError(f"{path} is a record for {sel_model} ({sel_n} layers), not for "
                         f"{model} ({n} layers)")
-    if sel_k != k or len(layers) != k:
-        raise UserError(f"{path} selects k={sel_k} layers; --k is {k}")
-    return sorted(layers)
+    return record
 
 
 def _strategy(req: DistillRequest, recipe: Recipe, model, world) -> str:

@@ -30,6 +30,12 @@ def run_cells(base: DistillRequest, methods: Sequence[str], seeds: Sequence[int]
               trains: dict[str, TrainConfig]) -> dict[tuple[str, int], Path]:
     """Each method x seed as a `rad distill` run; `trains`: each method's loop config (one
     budget; the loss and CE weight are the method's, from `distill_configs`)."""
+    other = [m for m in methods if get_recipe(m).trains
+             and get_recipe(m).layer_selector.reads not in (None, "selection")]
+    if other:
+        raise UserError(f"distill-compare passes one --selection (RAD's search) to the cells; "
+                        f"{', '.join(other)} read other records: run them with 'rad distill "
+                        "--selection FILE' or in a profile ('rad reproduce')")
     folders = {}
     for method in methods:
         for seed in seeds:
@@ -37,7 +43,7 @@ def run_cells(base: DistillRequest, methods: Sequence[str], seeds: Sequence[int]
             recipe = get_recipe(method)
             req = replace(base, method=method, seed=seed, out=out, k=ks[method],
                           train=trains[method],
-                          selection=base.selection if recipe.layer_selector.needs_search
+                          selection=base.selection if recipe.layer_selector.reads
                           else None)
             print(f"== {method} seed {seed} -> {out}")
             folders[method, seed] = run_distill(req)

@@ -1,6 +1,9 @@
 """`rad reproduce`: a profile expands into cells (method x seed) and each cell into steps.
 
-    diagnose -> select            (shared: once per profile, used by every rad cell)
+    diagnose                      once per profile: the redundancy profile (profile-top-k reads
+                                  it; it warm-starts every search)
+    select                        per rad seed: the Bayesian search, seeded by the cell
+    kl-profile                    once per profile: restore-one-layer KL (kl-guided reads it)
     distill  (build + train)      per trained cell; writes the hybrid folder
     eval                          per model (the base model once, each trained cell)
     bench                         per cell: its model and the base model, side by side
@@ -28,7 +31,13 @@ from harness.common.provenance import code_version, provenance
 from harness.experiment.bench_throughput import bench_pair
 from harness.experiment.config import ExperimentConfig
 from harness.experiment.distill import DistillRequest, distill_configs, run_distill
-from harness.experiment.selection import run_diagnose, run_select, workload_for
+from harness.experiment.selection import (
+    Workload,
+    run_diagnose,
+    run_kl_profile,
+    run_select,
+    workload_for,
+)
 from harness.experiment.steps import StepStore
 from harness.models import load_model
 from harness.report.schema import CELLS_DIR, RUN_FILE, STEPS_DIR, cell_name
@@ -37,7 +46,11 @@ from harness.tasks.data import load_task
 from harness.tasks.evaluate import EvalConfig, run_eval, validate
 from rad.method.diagnose import SpecSettings
 from rad.method.recipes import get_recipe
+from rad.method.select import OBJECTIVES, RECORDS
 from rad.runtime.distributed import current_world
+
+# record a selector reads -> the step that writes it
+PRODUCER = {"selection": "select", "redundancy": "diagnose", "kl-profile": "kl-profile"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class Cell:
 def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
     """The reference row is seed-independent (greedy evaluation, nothing trained): one cell."""
     return [Cell(m, s) for m in cfg.methods
-            for s in (cfg.seeds[:1] if get_recipe(m).is_reference else cfg.seeds)]
+            for s in (cfg.seeds[:1] if get_recipe(m).is_reference else cfg.seeds_for(m))]
 
 
 def run_manifest(cfg: ExperimentConfig) -> dict:
@@ -106,33 +119,78 @@ class Runner:
         self.world = current_world()  # under torchrun: rank 0 writes, sharded steps run on all
         self.store = StepStore(self.out, code_version(), self.provenance, self.world)
         self.base = None  # LoadedModel, set by run()
-        self._selection: tuple[Path, dict, dict] | None = None
+        self._work: Workload | None = None
+        self._records: dict[str, tuple[Path, dict]] = {}  # step name -> (folder, record)
 
-    # shared: RAD steps 1-2 ------------------------------------------------------------------
-    def _workload(self):
-        s = self.cfg.selection
-        return workload_for(self.base, s.prompts, SpecSettings(s.gamma, s.max_new_tokens),
-                            self.cfg.dtype)
-
-    def selection(self) -> tuple[Path, dict, dict]:
-        """(select step folder, its record, the diagnose record): diagnose runs first (its
-        profile warm-starts the search and is plotted)."""
-        if self._selection is None:
+    # the measurements selectors read ---------------------------------------------------------
+    def _workload(self) -> Workload:
+        """One workload for every selection step: the verifier is traced once and shared."""
+        if self._work is None:
             s = self.cfg.selection
-            inputs = {"model": self.cfg.model, "dtype": self.cfg.dtype, "prompts": s.prompts,
-                      "gamma": s.gamma, "max_new_tokens": s.max_new_tokens}
-            w = self._workload()
-            diag, diag_rec = self.store.run("diagnose", inputs,
-                                            lambda d: run_diagnose(w, d), label="(all layers)")
-            sel_inputs = {**inputs, "diagnose": diag_rec["key"], "k": self.cfg.k,
-                          "trials": s.trials, "objective": s.objective, "seed": s.seed}
-            sel, sel_rec = self.store.run(
-                "select", sel_inputs,
-                lambda d: run_select(w, self.cfg.k, s.trials, s.objective, s.seed, d, None,
-                                     diag / "redundancy.json"),
-                resumable=True, label=f"(k={self.cfg.k})")  # the optuna study resumes
-            self._selection = (sel, sel_rec, diag_rec)
-        return self._selection
+            self._work = workload_for(self.base, s.prompts,
+                                      SpecSettings(s.gamma, s.max_new_tokens), self.cfg.dtype)
+        return self._work
+
+    def _selection_inputs(self) -> dict:
+        s = self.cfg.selection
+        return {"model": self.cfg.model, "dtype": self.cfg.dtype, "prompts": s.prompts,
+                "gamma": s.gamma, "max_new_tokens": s.max_new_tokens}
+
+    def diagnose(self) -> tuple[Path, dict]:
+        """RAD step 1: the redundancy profile, measured as the search's objective measures."""
+        if "diagnose" not in self._records:
+            objective = self.cfg.selection.objective
+            inputs = {**self._selection_inputs(),
+                      # decoding-measured profiles keep the key they had before this input
+                      **({"objective": objective}
+                         if OBJECTIVES.get(objective).teacher_forced else {})}
+            self._records["diagnose"] = self.store.run(
+                "diagnose", inputs, lambda d: run_diagnose(self._workload(), d, objective),
+                label="(all layers)")
+        return self._records["diagnose"]
+
+    def select(self, seed: int) -> tuple[Path, dict, dict]:
+        """RAD step 2 for one seed: (select folder, its record, the diagnose record)."""
+        diag, diag_rec = self.diagnose()
+        key = f"select-{seed}"
+        if key not in self._records:
+            s = self.cfg.selection
+            inputs = {**self._selection_inputs(), "diagnose": diag_rec["key"], "k": self.cfg.k,
+                      "trials": s.trials, "objective": s.objective, "seed": seed,
+                      **({"sampler": s.sampler} if s.sampler != "tpe" else {})}
+            self._records[key] = self.store.run(
+                "select", inputs,
+                lambda d: run_select(self._workload(), self.cfg.k, s.trials, s.objective, seed,
+                                     d, None, diag / RECORDS["redundancy"].file, s.sampler),
+                resumable=True, label=f"(k={self.cfg.k}, seed {seed})")  # the study resumes
+        return (*self._records[key], diag_rec)
+
+    def kl_profile(self) -> tuple[Path, dict]:
+        if "kl-profile" not in self._records:
+            cfg = self.cfg
+            _, data_cfg = distill_configs(get_recipe("rad"), asdict(cfg.distill))
+            inputs = {"model": cfg.model, "teacher": cfg.teacher, "dtype": cfg.dtype,
+                      "data": data_cfg.as_dict(), "rows": cfg.selection.kl_rows}
+
+            def fn(folder: Path) -> None:
+                teacher = self.base if cfg.teacher in (None, cfg.model) else load_model(
+                    cfg.teacher, cfg.dtype, cfg.device)
+                run_kl_profile(self.base, teacher, data_cfg, cfg.selection.kl_rows, folder,
+                               cfg.dtype)
+            self._records["kl-profile"] = self.store.run("kl-profile", inputs, fn,
+                                                         label="(all layers)")
+        return self._records["kl-profile"]
+
+    def record_for(self, reads: str, seed: int, steps: dict[str, dict]) -> Path:
+        """The record file a selector reads, its step (and the steps it read) noted in
+        `steps`."""
+        if reads == "selection":
+            folder, steps["select"], steps["diagnose"] = self.select(seed)
+        elif reads == "redundancy":
+            folder, steps["diagnose"] = self.diagnose()
+        else:
+            folder, steps["kl-profile"] = self.kl_profile()
+        return folder / RECORDS[reads].file
 
     # per cell ---------------------------------------------------------------------------------
     def distill(self, cell: Cell, steps: dict[str, dict]) -> Path:
@@ -143,10 +201,10 @@ class Runner:
                   "teacher": self.cfg.teacher, "dtype": self.cfg.dtype, "seed": cell.seed,
                   "k": self.cfg.k, "distill": asdict(d)}
         selection = None
-        if recipe.layer_selector.needs_search:
-            sel_dir, steps["select"], steps["diagnose"] = self.selection()
-            inputs["select"] = steps["select"]["key"]
-            selection = sel_dir / "selection.json"
+        reads = recipe.layer_selector.reads
+        if reads is not None:
+            selection = self.record_for(reads, cell.seed, steps)
+            inputs[PRODUCER[reads]] = steps[PRODUCER[reads]]["key"]
         k = None if recipe.layer_selector.replaces_all else self.cfg.k
         req = lambda folder: DistillRequest(  # noqa: E731
             cell.method, self.cfg.model, k, cell.seed, folder, train, data, self.cfg.teacher,

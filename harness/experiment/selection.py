@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,17 +14,20 @@ import torch
 from tqdm import tqdm
 
 import baselines  # noqa: F401  (registers the baselines' selectors: warm starts, comparisons)
+from baselines.selectors.kl_guided import restore_one_kl
 from harness.common.errors import UserError
 from harness.common.files import atomic_write_text, check_output_file, read_json
+from harness.experiment.distill_data import DataConfig, build_data, cached_targets
 from harness.experiment.prompt_sets import PromptSet, build_prompt_set
 from harness.models import LoadedModel, load_model
-from harness.report.plots import plot_profile
+from harness.report.plots import plot_profile, plot_sampler_curves
 from harness.report.stats import spearman
-from harness.report.tables import comparison_markdown
+from harness.report.tables import comparison_markdown, sampler_markdown
 from rad.method.acceptance import VerifierTrace, simulate_skip_set, trace_verifier
 from rad.method.diagnose import SpecSettings, measure_skip_set, redundancy_profile
 from rad.method.select import (
     OBJECTIVES,
+    RECORDS,
     SearchSpec,
     SelectionRequest,
     bayesian_select,
@@ -66,11 +70,15 @@ class Workload:
                 raise UserError(str(e)) from None
         return simulate_skip_set(self.lm.model, self._trace, skip, self.settings.gamma)
 
-    def measure_for(self, objective: str):
+    def stats_for(self, objective: str) -> Callable[[frozenset[int]], SpecStats]:
+        """skip set -> stats, measured the way the objective is defined (real decoding, or the
+        exact teacher-forced simulation: the same counts, no times)."""
+        return self.simulate if OBJECTIVES.get(objective).teacher_forced else self.measure
+
+    def measure_for(self, objective: str) -> Callable[[frozenset[int]], float]:
         """skip set -> objective value, measured the way the objective is defined."""
-        obj = OBJECTIVES.get(objective)
-        stats = self.simulate if obj.teacher_forced else self.measure
-        return lambda skip: obj.score(stats(skip))
+        score, stats = OBJECTIVES.get(objective).score, self.stats_for(objective)
+        return lambda skip: score(stats(skip))
 
 
 def load_workload(model: str, prompts: str, settings: SpecSettings, dtype: str,
@@ -93,12 +101,23 @@ def _check_k(k: int, n_layers: int) -> None:
         raise UserError(f"--k must be in 1..{n_layers} (the model's layers); got {k}")
 
 
+def _check_objective(w: Workload, objective: str) -> None:
+    if OBJECTIVES.get(objective).teacher_forced and w.settings.stop_threshold is not None:
+        raise UserError("the teacher-forced objective needs a fixed gamma (no "
+                        "--stop-threshold); use --objective accepted-length")
+
+
 # -- diagnose ------------------------------------------------------------------------------------
-def run_diagnose(w: Workload, out: Path) -> Path:
-    path = check_output_file(out / "redundancy.json")
+def run_diagnose(w: Workload, out: Path, objective: str = "accepted-length") -> Path:
+    """The per-layer redundancy profile, measured as `objective` measures (a teacher-forced
+    objective simulates every layer's draft exactly: same acceptance, no decoding loop)."""
+    path = check_output_file(out / RECORDS["redundancy"].file)
+    _check_objective(w, objective)
     t0 = time.time()
-    layers = redundancy_profile(w.lm.model, w.ids, w.settings, w.lm.eos_token_ids)
-    result = {**w.provenance(), "layers": layers, "wall_s": time.time() - t0}
+    layers = redundancy_profile(w.lm.model.cfg.n_layers, w.stats_for(objective))
+    result = {"record": "redundancy", **w.provenance(),
+              "measured_by": "teacher-forced" if OBJECTIVES.get(objective).teacher_forced
+              else "decoding", "layers": layers, "wall_s": time.time() - t0}
     plot_profile(layers, out / "redundancy.png",
                  f"{w.lm.name}: self-speculative acceptance, one attention layer skipped "
                  f"({w.prompts.spec}, gamma {w.settings.gamma})")
@@ -113,12 +132,10 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
     _check_k(k, n_layers)
     if trials < 1:
         raise UserError("--trials must be >= 1")
-    if OBJECTIVES.get(objective).teacher_forced and w.settings.stop_threshold is not None:
-        raise UserError("the teacher-forced objective needs a fixed gamma (no "
-                        "--stop-threshold); use --objective accepted-length")
+    _check_objective(w, objective)
     if storage is not None and storage.startswith("sqlite:///"):
         check_output_file(Path(storage.removeprefix("sqlite:///")))
-    path = check_output_file(out / "selection.json")
+    path = check_output_file(out / RECORDS["selection"].file)
     if storage is None:
         storage = f"sqlite:///{(out / 'study.sqlite3').resolve()}"
     warm = {"uniform": get_selector("uniform")(SelectionRequest(n_layers, k, seed))}
@@ -131,7 +148,8 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
                       sampler)
     t0 = time.time()
     result = bayesian_select(w.measure_for(objective), spec, warm)
-    selection = {**result, **w.provenance(), "objective": objective, "wall_s": time.time() - t0}
+    selection = {"record": "selection", **result, **w.provenance(), "objective": objective,
+                 "wall_s": time.time() - t0}
     atomic_write_text(path, json.dumps(selection, indent=2))
     return path
 
@@ -226,3 +244,77 @@ def comparison_sets(n_layers: int, k: int, selection: dict | None, redundancy: d
         sets[f"random-{seed + i}"] = get_selector("random")(SelectionRequest(n_layers, k,
                                                                                seed + i))
     return sets
+
+
+# -- kl-profile: what the kl-guided selector reads ----------------------------------------------
+def run_kl_profile(lm: LoadedModel, teacher: LoadedModel, data_cfg: DataConfig, rows: int,
+                   out: Path, dtype: str) -> Path:
+    """Restore-one-layer KL (`baselines.selectors.kl_guided`) on the first `rows` *training*
+    rows of the distillation data, against the teacher's cached top-k targets (the targets
+    every method's distillation reads)."""
+    path = check_output_file(out / RECORDS["kl-profile"].file)
+    if not 1 <= rows <= data_cfg.n_train:
+        raise UserError(f"kl-profile rows must be in 1..{data_cfg.n_train} (the training rows)")
+    t0 = time.time()
+    data = build_data(lm.tokenizer, lm.eos_token_ids[0], data_cfg)
+    train_t, _, targets_key = cached_targets(teacher.model, teacher.folder, data, data_cfg,
+                                             dtype)
+    profile = restore_one_kl(lm.model, data.train_ids[:rows], train_t[:rows])
+    result = {"record": "kl-profile", "model": lm.name, "teacher": teacher.name, "dtype": dtype,
+              "n_layers": lm.model.cfg.n_layers, "rows": rows, "seq_len": data_cfg.seq_len,
+              "split": "train", "data_sha256": data.sha256, "targets_key": targets_key,
+              **profile, "wall_s": time.time() - t0}
+    atomic_write_text(path, json.dumps(result, indent=2))
+    return path
+
+
+# -- compare-samplers: does Bayesian optimisation find better sets than its alternatives? -------
+def run_compare_samplers(w: Workload, k: int, samplers: list[str], seeds: list[int],
+                         trials: int, objective: str, redundancy: dict | None,
+                         out: Path) -> Path:
+    """Each sampler x seed runs `trials` trials from scratch (no warm start, in memory); the
+    best-so-far curves go on one plot beside the redundancy profile's top-k as a line. Every
+    skip set is measured once for all studies (the objective is deterministic when it is
+    teacher-forced; with a decoding objective the cache keeps the first measurement)."""
+    json_path = check_output_file(out / "sampler_curves.json")
+    md_path = check_output_file(out / "sampler_curves.md")
+    png_path = check_output_file(out / "sampler_curves.png")
+    n_layers = w.lm.model.cfg.n_layers
+    _check_k(k, n_layers)
+    _check_objective(w, objective)
+    if trials < 1 or not samplers or not seeds:
+        raise UserError("--trials must be >= 1, with at least one sampler and one seed")
+    measure = w.measure_for(objective)
+    cache: dict[frozenset, float] = {}
+
+    def evaluate(skip: frozenset) -> float:
+        if skip not in cache:
+            cache[skip] = measure(skip)
+        return cache[skip]
+
+    reference = {"uniform": get_selector("uniform")(SelectionRequest(n_layers, k))}
+    if redundancy is not None:
+        reference["profile-top-k"] = profile_top_k(redundancy, k)
+    lines = {name: {"layers": layers, "score": evaluate(frozenset(layers))}
+             for name, layers in reference.items()}
+    runs = []
+    for sampler in samplers:
+        for seed in seeds:
+            spec = SearchSpec(n_layers, k, trials, seed, None, f"{sampler}-{seed}", sampler)
+            t0 = time.time()
+            r = bayesian_select(evaluate, spec, progress=False)
+            runs.append({"sampler": sampler, "seed": seed, "layers": r["layers"],
+                         "score": r["score"], "trials": r["trials"],
+                         "distinct_sets_measured": r["distinct_sets_measured"],
+                         "best_so_far": r["best_so_far"], "distinct_so_far": r["distinct_so_far"],
+                         "wall_s": time.time() - t0})
+            print(f"{sampler} seed {seed}: best {r['score']:.4f} after {trials} trials "
+                  f"({r['distinct_sets_measured']} distinct sets, {time.time() - t0:.0f} s)",
+                  flush=True)
+    result = {**w.provenance(), "k": k, "objective": objective, "trials": trials,
+              "samplers": samplers, "seeds": seeds, "reference_sets": lines, "runs": runs,
+              "distinct_sets_measured_in_all": len(cache), "threads": torch.get_num_threads()}
+    plot_sampler_curves(result, png_path)
+    atomic_write_text(json_path, json.dumps(result, indent=2))
+    atomic_write_text(md_path, sampler_markdown(result))
+    return md_path

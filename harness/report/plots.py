@@ -85,10 +85,14 @@ def plot_kl_curves(curves: dict[str, list[dict]], path: Path,
 
 
 def plot_redundancy(result: dict, path: Path) -> None:
-    red, sel = result["redundancy"], result["selection"]
+    """The profile with the first seed's RAD layers in red (each seed's are in the tables)."""
+    red, sels = result["redundancy"], result.get("selections") or []
+    chosen = sels[0]["layers"] if sels else []
     tmp = path.with_name(f".{path.name}.tmp.png")
-    plot_profile(red["layers"], tmp, f"{red['model']}: acceptance with one attention layer "
-                 f"skipped; red: RAD's {len(sel['layers'])} layers", chosen=sel["layers"])
+    title = f"{red['model']}: acceptance with one attention layer skipped"
+    if sels:
+        title += f"; red: RAD's {len(chosen)} layers (seed {sels[0]['seed']})"
+    plot_profile(red["layers"], tmp, title, chosen=chosen)
     os.replace(tmp, path)
 
 
@@ -109,3 +113,27 @@ def plot_profile(entries: list[dict], path, title: str, chosen: Collection[int] 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_sampler_curves(result: dict, path: Path) -> None:
+    """Best-so-far objective against trials, one line per sampler x seed (a colour per
+    sampler), with the reference sets (profile top-k, uniform) as horizontal lines."""
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colours = {s: f"C{i}" for i, s in enumerate(result["samplers"])}
+    for r in result["runs"]:
+        curve = r["best_so_far"]
+        ax.plot(range(1, len(curve) + 1), curve, color=colours[r["sampler"]], alpha=0.85,
+                label=f"{r['sampler']} seed {r['seed']} ({r['distinct_sets_measured']} sets)")
+    for i, (name, ref) in enumerate(result["reference_sets"].items()):
+        ax.axhline(ref["score"], color="black", linestyle=("--", ":")[i % 2],
+                   label=f"{name} ({ref['score']:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"best {result['objective']} so far")
+    ax.set_title(f"{result['model']}: layer search, k = {result['k']} of {result['n_layers']}, "
+                 f"{result['trials']} trials per run", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)

@@ -67,23 +67,43 @@ def collect(run: Path) -> dict:
                                 for e in map(json.loads, path.read_text().splitlines())]
             else:
                 curves[name] = _recorded(previous, c, "distill", path)["curves"][name]
-    sel_cell = next((c for c in cells if "select" in c["steps"]), None)
-    redundancy = selection = None
-    if sel_cell:
-        red_path = run / sel_cell["steps"]["diagnose"]["folder"] / "redundancy.json"
-        sel_path = run / sel_cell["steps"]["select"]["folder"] / "selection.json"
-        redundancy = (read_json(red_path, "redundancy profile") if red_path.exists()
-                      else _recorded(previous, sel_cell, "diagnose", red_path)["redundancy"])
-        selection = (read_json(sel_path, "selection") if sel_path.exists()
-                     else _recorded(previous, sel_cell, "select", sel_path)["selection"])
+    redundancy = _step_record(run, cells, previous, "diagnose", "redundancy.json",
+                              "redundancy")
+    kl_profile = _step_record(run, cells, previous, "kl-profile", "kl_profile.json",
+                              "kl_profile")
+    selections = []  # one per seed: the search runs per seed
+    for seed in sorted({c["seed"] for c in cells if "select" in c["steps"]}):
+        cell = next(c for c in cells if c["seed"] == seed and "select" in c["steps"])
+        path = run / cell["steps"]["select"]["folder"] / "selection.json"
+        if path.exists():
+            record = read_json(path, "selection")
+        else:
+            prev = _recorded(previous, cell, "select", path)
+            # results.json files written before the search ran per seed hold one `selection`
+            old = prev.get("selections") or [{**prev["selection"], "seed": seed}]
+            record = next(r for r in old if r["seed"] == seed)
+        selections.append({**record, "seed": seed})
     result = {"schema": SCHEMA, "profile": info["profile"], "config": cfg,
               "config_hash": info["config_hash"], "tasks": tasks, "methods": info["methods"],
               "code_versions": sorted({c["code_version"] for c in cells}),
               "complete": len(cells) == len(info["cells"]),
               "provenance": provenance(), "cells": cells, "leaderboard": board,
-              "curves": curves, "redundancy": redundancy, "selection": selection}
+              "curves": curves, "redundancy": redundancy, "selections": selections,
+              "kl_profile": kl_profile}
     result["verdict"] = verdict(result)
     return result
+
+
+def _step_record(run: Path, cells: list[dict], previous: dict, step: str, file: str,
+                 key: str) -> dict | None:
+    """The record of a once-per-run step (diagnose, kl-profile) from its folder, or from the
+    results.json that recorded it when the folder is gone; None when no cell read it."""
+    cell = next((c for c in cells if step in c["steps"]), None)
+    if cell is None:
+        return None
+    path = run / cell["steps"][step]["folder"] / file
+    return read_json(path, file) if path.exists() else \
+        _recorded(previous, cell, step, path)[key]
 
 
 def _previous(run: Path) -> dict:

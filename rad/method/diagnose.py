@@ -3,7 +3,7 @@ skipped? Measured by running self-speculative decoding over a fixed prompt set."
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,17 +35,18 @@ def measure_skip_set(model: Decoder, prompts: Sequence[torch.Tensor], skip: Coll
     return total
 
 
-def redundancy_profile(model: Decoder, prompts: Sequence[torch.Tensor], settings: SpecSettings,
-                       eos_token_ids: Collection[int] = (), progress: bool = True) -> list[dict]:
+def redundancy_profile(n_layers: int, measure: Callable[[frozenset[int]], SpecStats],
+                       progress: bool = True) -> list[dict]:
     """One entry per layer: the draft's acceptance with that layer's attention alone skipped.
-    A high acceptance means the model barely needs that attention layer."""
+    A high acceptance means the model barely needs that attention layer. `measure`: skip set ->
+    summed stats, by real decoding (`measure_skip_set`) or the exact teacher-forced simulation
+    (`rad.method.acceptance`, same counts, no times)."""
     out = []
-    for layer in tqdm(range(model.cfg.n_layers), desc="redundancy profile", unit="layer",
+    for layer in tqdm(range(n_layers), desc="redundancy profile", unit="layer",
                       disable=not progress):
-        s = measure_skip_set(model, prompts, {layer}, settings, eos_token_ids)
+        s = measure(frozenset({layer}))
         out.append({"layer": layer, "acceptance_rate": s.acceptance_rate,
                     "mean_accepted_length": s.mean_accepted_length, "drafted": s.drafted,
                     "accepted": s.accepted, "verify_steps": s.verify_steps,
-                    "tokens_per_s": s.tokens_per_s})
+                    "tokens_per_s": s.tokens_per_s if s.total_s else None})
     return out
-

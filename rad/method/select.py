@@ -2,8 +2,10 @@
 
 Every selector has one signature, `selector(request) -> sorted list of k distinct layer indices`,
 and one registry (`SELECTORS`), so later steps (build, distill, report) treat RAD's search and
-its baselines alike; the baselines register theirs in `baselines/selectors.py`. What a selector
-needs from the runner is a fact on its entry (`needs_search`, `replaces_all`), not a name check.
+its baselines alike; the baselines register theirs in `baselines/selectors/`. What a selector
+needs from the runner is a fact on its entry, not a name check: `reads` names the measurement
+record it chooses from (`req.context["record"]`: RAD's `selection`, the diagnosis's
+`redundancy` profile, the restore-one-layer `kl-profile`), `replaces_all` marks full SSM.
 
 RAD's own selector: Bayesian optimisation over a relaxed mask x in [0,1]^L, turned into
 exactly k skipped attention layers by top-k (as SWIFT, arXiv 2410.06916), maximising the
@@ -34,8 +36,8 @@ class SelectionRequest:
     n_layers: int
     k: int
     seed: int = 0
-    # What a model-driven selector (RAD's search) needs: model, prompts, options. Baselines
-    # ignore it.
+    # What a measurement-driven selector needs: `record`, the parsed JSON its entry `reads`.
+    # Selectors with `reads=None` ignore it.
     context: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,21 +51,53 @@ class Selector:
     name: str
     fn: Callable[[SelectionRequest], list[int]]
     description: str = ""
-    needs_search: bool = False  # reads a layer search (diagnose + select steps) from the runner
+    # The measurement record this selector chooses from (one of RECORDS), or None when
+    # (n_layers, k, seed) is all it needs.
+    reads: str | None = None
     replaces_all: bool = False  # k is always the number of layers
 
-    def __call__(self, req: SelectionRequest) -> list[int]:
-        return self.fn(req)
+    def __post_init__(self) -> None:
+        if self.reads is not None and self.reads not in RECORDS:
+            raise ValueError(f"selector {self.name}: unknown record {self.reads!r}; known: "
+                             f"{', '.join(RECORDS)}")
 
+    @property
+    def seeded_record(self) -> bool:
+        """Its record is measured per seed (RAD's search), not once per model."""
+        return self.reads is not None and RECORDS[self.reads].per_seed
+
+    def __call__(self, req: SelectionRequest) -> list[int]:
+        layers = self.fn(req)
+        if len(layers) != req.k or len(set(layers)) != req.k or \
+                not all(0 <= i < req.n_layers for i in layers):
+            raise ValueError(f"selector {self.name} returned {layers}, not {req.k} distinct "
+                             f"layers in 0..{req.n_layers - 1}")
+        return sorted(layers)
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """A measurement a selector can read: the JSON file that holds it and whether it is made
+    per seed. The runner and `rad distill --selection` produce and pass these files."""
+    file: str
+    per_seed: bool
+    made_by: str  # the command that writes it, for error messages
+
+
+RECORDS: dict[str, RecordKind] = {
+    "selection": RecordKind("selection.json", True, "rad select"),
+    "redundancy": RecordKind("redundancy.json", False, "rad diagnose"),
+    "kl-profile": RecordKind("kl_profile.json", False, "rad kl-profile"),
+}
 
 SELECTORS: Registry[Selector] = Registry("selector")
 
 
-def register_selector(name: str, description: str = "", needs_search: bool = False,
+def register_selector(name: str, description: str = "", reads: str | None = None,
                       replaces_all: bool = False):
     def deco(fn: Callable[[SelectionRequest], list[int]]):
         SELECTORS.register(name, Selector(name, fn, description or (fn.__doc__ or "").strip(),
-                                          needs_search, replaces_all))
+                                          reads, replaces_all))
         return fn
     return deco
 
@@ -102,14 +136,16 @@ def _sampler(name: str) -> Callable[[int], Any]:
     def make(seed: int):
         import optuna
         return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-                "gp": optuna.samplers.GPSampler}[name](seed=seed)
+                "gp": optuna.samplers.GPSampler,
+                "cmaes": optuna.samplers.CmaEsSampler}[name](seed=seed)
     return make
 
 
 # tpe: RAD's (Bayesian); random: the search's floor; gp: optuna's Gaussian process (slow: its
-# per-trial cost grows with the trials, ~0.2 s at 50 trials on 30 dimensions here).
+# per-trial cost grows with the trials, ~0.2 s at 50 trials on 30 dimensions here); cmaes:
+# CMA-ES (the `cmaes` package), an evolution strategy with no per-trial model fit.
 SAMPLERS: Registry[Callable[[int], Any]] = Registry("sampler")
-for _name in ("tpe", "random", "gp"):
+for _name in ("tpe", "random", "gp", "cmaes"):
     SAMPLERS.register(_name, _sampler(_name))
 
 
@@ -119,7 +155,7 @@ class SearchSpec:
     k: int
     trials: int
     seed: int
-    storage: str
+    storage: str | None  # an optuna storage URL; None keeps the study in memory
     study_name: str
     sampler: str = "tpe"
 
@@ -178,8 +214,10 @@ def bayesian_select(evaluate: Callable[[frozenset[int]], float], spec: SearchSpe
         "distinct_sets_measured": len({tuple(t.user_attrs["layers"]) for t in complete}),
         "seed": spec.seed,
         "sampler": spec.sampler,
-        # best value after each completed trial, in order: the search's progress curve
+        # after each completed trial, in order: the best value so far and the number of
+        # distinct sets measured so far (the search's progress curve and its real cost)
         "best_so_far": _best_so_far(complete),
+        "distinct_so_far": _distinct_so_far(complete),
         "study_name": spec.study_name,
         "storage": spec.storage,
     }
@@ -190,6 +228,14 @@ def _best_so_far(trials: list) -> list[float]:
     for t in sorted(trials, key=lambda t: t.number):
         best = max(best, t.value)
         out.append(best)
+    return out
+
+
+def _distinct_so_far(trials: list) -> list[int]:
+    seen, out = set(), []
+    for t in sorted(trials, key=lambda t: t.number):
+        seen.add(tuple(t.user_attrs["layers"]))
+        out.append(len(seen))
     return out
 
 
@@ -204,13 +250,11 @@ def profile_top_k(redundancy: dict, k: int) -> list[int]:
 
 
 @register_selector("rad", "RAD: Bayesian search over self-speculative decoding",
-                   needs_search=True)
+                   reads="selection")
 def rad_selector(req: SelectionRequest) -> list[int]:
-    """RAD's search behind the common selector signature. `req.context` carries `evaluate`
-    (skip set -> score), `trials`, `storage`, `study_name` and optional `warm_starts`."""
-    ctx = req.context
-    spec = SearchSpec(req.n_layers, req.k, ctx["trials"], req.seed, ctx["storage"],
-                      ctx["study_name"])
-    result = bayesian_select(ctx["evaluate"], spec, ctx.get("warm_starts", {}),
-                             progress=ctx.get("progress", False))
-    return result["layers"]
+    """The layers of RAD's search (`bayesian_select`, run by `rad select` or the runner's
+    select step for this seed): `req.context["record"]` is its selection.json."""
+    record = req.context["record"]
+    if record.get("k") != req.k:
+        raise ValueError(f"the selection record chose k={record.get('k')} layers, not {req.k}")
+    return list(record["layers"])

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,15 +102,16 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def heldout_kl(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
-               batch_size: int = 8) -> float:
-    """Mean per-token forward KL(teacher || model) over held-out sequences (every token)."""
+               batch_size: int = 8, skip: Collection[int] = ()) -> float:
+    """Mean per-token forward KL(teacher || model) over held-out sequences (every token);
+    `skip`: attention layers bypassed (the draft / skip-init view, for layer selection)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         batch = ids[rows].to(model.device)
-        logits = model(batch)
+        logits = model(batch, skip=skip)
         mask = torch.ones(batch.shape, dtype=torch.bool, device=model.device)
         n = int(mask.sum())
         total += float(bucket_kl(logits, targets[rows].to(model.device), mask)) * n
