@@ -269,7 +269,8 @@ def test_gate_tolerates_timing_noise_within_the_config(gate_files):
     (lambda r: r.update(schema="something/else"), "schema"),
     (lambda r: r.update(profile="cpu"), "profile mismatch"),
     (lambda r: r["config"]["eval"].update(limit=3), "eval.limit"),
-    (lambda r: r["leaderboard"].pop(), "no 'full-ssm' row"),
+    (lambda r: r.update(leaderboard=[x for x in r["leaderboard"] if x["method"] != "full-ssm"]),
+     "no 'full-ssm' row"),
 ])
 def test_gate_refuses_results_it_cannot_compare(gate_files, cli, change, message):
     base, a, b = gate_files
@@ -381,6 +382,32 @@ def test_verdict_compare_statuses():
     assert stats.compare(s(0.5), s(0.4), True, floor=0.2)["status"].startswith("direction")
 
 
+def _selection(seed, best, layers, top, uniform):
+    return {"seed": seed, "score": best, "layers": layers, "objective": "teacher-forced",
+            "trials": 500, "warm_starts": {"profile-top-k": {"layers": [0, 1], "score": top},
+                                           "uniform": {"layers": [1, 3], "score": uniform}}}
+
+
+def test_search_claims_follow_each_seeds_best_against_its_warm_starts():
+    from harness.report.verdict import _search_claims
+
+    better = _search_claims([_selection(0, 1.5, [2, 3], 1.2, 0.1),
+                             _selection(1, 1.4, [2, 4], 1.2, 0.1)])
+    bo, draft = better
+    assert bo["claim"].startswith("BO beats the profile's top-k") and bo["status"] == "reproduced"
+    assert bo["margin"] == pytest.approx(0.25) and bo["spread"] == pytest.approx(0.05)
+    assert draft["claim"].startswith("selected draft beats the uniform draft")
+    # the search kept its warm start in every seed: no margin, not reproduced, and said so
+    kept = _search_claims([_selection(s, 1.2, [0, 1], 1.2, 0.1) for s in (0, 1)])[0]
+    assert kept["status"] == "not reproduced" and "kept the profile-top-k set in 2 of 2" in \
+        kept["detail"]
+    # seeds disagree: one better, one equal -> inside the spread
+    mixed = _search_claims([_selection(0, 1.6, [2, 3], 1.2, 0.1),
+                            _selection(1, 1.2, [0, 1], 1.2, 0.1)])[0]
+    assert mixed["status"].startswith("direction only")
+    assert _search_claims([]) == []
+
+
 def test_bench_pair_against_itself_and_a_hybrid():
     from tiny_models import pair
 
@@ -424,7 +451,7 @@ def test_a_committed_run_folder_reports_without_its_step_folders(smoke_run, tmp_
     r = cli("report", str(copy_), "--out", str(tmp_path / "again"))
     assert r.rc == 0, r.err
     a, b = _results(smoke_run), _results(tmp_path / "again")
-    for key in ("leaderboard", "curves", "selection", "redundancy", "verdict"):
+    for key in ("leaderboard", "curves", "selections", "redundancy", "kl_profile", "verdict"):
         assert a[key] == b[key], key
     (copy_ / "results.json").unlink()
     r = cli("report", str(copy_), "--out", str(tmp_path / "third"))

@@ -37,7 +37,8 @@ def test_lookup_names_the_known_choices_in_one_line():
 def test_every_extension_point_is_a_registry():
     for reg, names in ((TEACHERS, {"smollm2-135m-instruct", "tiny-random"}),
                        (TASKS, {"gsm8k", "math500", "humaneval"}),
-                       (SELECTORS, {"rad", "uniform", "random", "all", "profile-top-k", "kl-guided"}),
+                       (SELECTORS, {"rad", "uniform", "random", "all", "profile-top-k",
+                                    "kl-guided"}),
                        (INITS, {"kqvo", "skip", "skip-zero"}),
                        (TRAINABLE_POLICIES, {"ssm-only", "all"}),
                        (LOSSES, {"forward-kl", "reverse-kl"}),

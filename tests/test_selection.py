@@ -9,9 +9,13 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tiny_models import ours_from_hf, tiny_hf
 
 import baselines  # noqa: F401  (registers the baseline selectors)
+from baselines.selectors.kl_guided import restore_one_kl
 from harness.cli import main
+from rad.method.distill.loop import heldout_kl
+from rad.method.distill.losses import teacher_targets
 from rad.method.select import (
     SELECTORS,
     SearchSpec,
@@ -265,11 +269,6 @@ def test_a_selector_returning_a_wrong_set_is_refused():
 
 
 def test_restore_one_kl_is_the_skip_models_kl_with_one_layer_back():
-    from baselines.selectors.kl_guided import restore_one_kl
-    from rad.method.distill.loop import heldout_kl
-    from rad.method.distill.losses import teacher_targets
-    from tiny_models import ours_from_hf, tiny_hf
-
     model = ours_from_hf(tiny_hf("llama"), dtype=torch.float64)
     torch.manual_seed(0)
     ids = torch.randint(0, model.cfg.vocab_size, (3, 12))
