@@ -341,3 +341,13 @@ def test_compare_samplers_refuses_an_unknown_sampler(tmp_path, capsys):
                  "--out", str(out)]) == 2
     assert "unknown sampler 'magic'" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [["--k", "9"], ["--k", "2", "--trials", "0"],
+                                 ["--k", "2", "--seeds", ","]])
+def test_compare_samplers_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, bad):
+    out = tmp_path / "out"
+    assert main(["compare-samplers", *TINY, "--out", str(out), *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rad: error:")
+    assert not out.exists()

@@ -161,7 +161,6 @@ def cmd_compare_samplers(args) -> int:
     for name in args.samplers:
         SAMPLERS.get(name)  # an unknown name fails before the model loads
     redundancy = read_json(args.redundancy, "redundancy profile") if args.redundancy else None
-    ensure_writable_dir(args.out)
     path = run_compare_samplers(_workload(args), args.k, args.samplers, args.seeds,
                                 args.trials, args.objective, redundancy, args.out)
     print(path.read_text())

@@ -276,14 +276,14 @@ def run_compare_samplers(w: Workload, k: int, samplers: list[str], seeds: list[i
     best-so-far curves go on one plot beside the redundancy profile's top-k as a line. Every
     skip set is measured once for all studies (the objective is deterministic when it is
     teacher-forced; with a decoding objective the cache keeps the first measurement)."""
-    json_path = check_output_file(out / "sampler_curves.json")
-    md_path = check_output_file(out / "sampler_curves.md")
-    png_path = check_output_file(out / "sampler_curves.png")
     n_layers = w.lm.model.cfg.n_layers
     _check_k(k, n_layers)
     _check_objective(w, objective)
     if trials < 1 or not samplers or not seeds:
         raise UserError("--trials must be >= 1, with at least one sampler and one seed")
+    json_path = check_output_file(out / "sampler_curves.json")  # bad input: no folder made
+    md_path = check_output_file(out / "sampler_curves.md")
+    png_path = check_output_file(out / "sampler_curves.png")
     measure = w.measure_for(objective)
     cache: dict[frozenset, float] = {}
 
@@ -302,7 +302,7 @@ def run_compare_samplers(w: Workload, k: int, samplers: list[str], seeds: list[i
         for seed in seeds:
             spec = SearchSpec(n_layers, k, trials, seed, None, f"{sampler}-{seed}", sampler)
             t0 = time.time()
-            r = bayesian_select(evaluate, spec, progress=False)
+            r = bayesian_select(evaluate, spec, progress=True)  # minutes per run
             runs.append({"sampler": sampler, "seed": seed, "layers": r["layers"],
                          "score": r["score"], "trials": r["trials"],
                          "distinct_sets_measured": r["distinct_sets_measured"],
