@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from rad.runtime.cache import InferenceCache
 from rad.runtime.model import Decoder
+from rad.runtime.static_step import Stepper
 
 Sampler = Callable[[torch.Tensor], torch.Tensor]  # next-token logits (B, V) -> token ids (B,)
 
@@ -69,17 +70,27 @@ def prefill(model: Decoder, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 def decode_step(model: Decoder, tokens: torch.Tensor, cache: InferenceCache,
                 skip: Collection[int] = ()) -> torch.Tensor:
-    """One new token per row (B,) appended to `cache`; its logits (B, V)."""
-    return model(tokens[:, None], cache=cache, skip=skip)[:, -1]
+    """One new token per row (B,) appended to `cache`; its logits (B, V). Compiled or eager as
+    the switch says (`rad.runtime.compile_mode`); a loop should hold one `Stepper` instead."""
+    return Stepper(model, cache, skip)(tokens[:, None])[:, -1]
 
 
 def decode_steps(model: Decoder, tokens: torch.Tensor, cache: InferenceCache,
                  n: int) -> torch.Tensor:
     """`n` greedy steps from `tokens` (B,), no stopping (the benches time exactly n steps);
     returns the last tokens (B,)."""
+    step = Stepper(model, cache)
     for _ in range(n):
-        tokens = greedy(decode_step(model, tokens, cache))
+        tokens = greedy(step(tokens[:, None])[:, -1])
     return tokens
+
+
+def cache_length(model: Decoder, need: int, bucket: int = 128) -> int:
+    """Cache slots for `need` tokens, rounded up to `bucket` so that the compiled step (whose
+    shape includes the cache length) is reused across prompts of different lengths."""
+    rounded = -(-need // bucket) * bucket
+    window = model.cfg.sliding_window
+    return need if window is not None and rounded > window else rounded
 
 
 # -- generate ----------------------------------------------------------------------------------
@@ -117,8 +128,9 @@ def generate(
     input_ids = input_ids.to(device)
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
-    cache = model.allocate_cache(B, T + max_new_tokens)
+    cache = model.allocate_cache(B, cache_length(model, T + max_new_tokens))
     logits = prefill(model, input_ids, attention_mask, cache, skip)
+    stepper = Stepper(model, cache, skip)
     eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ends = [0] * B  # new-token count at which `stop` ended a row (0: not ended by `stop`)
@@ -140,11 +152,12 @@ def generate(
                     ends[i] = step + 1
         if step + 1 == max_new_tokens or (stop_at_eos and bool(done.all())):
             break
-        logits = decode_step(model, nxt, cache, skip)
+        logits = stepper(nxt[:, None])[:, -1]
     bar.close()
     tokens = [row[:end] if end else row
               for row, end in zip(torch.stack(out, 1).tolist(), ends, strict=True)]
-    return Generation([_cut_at_eos(row, eos_token_ids) for row in tokens], T, cache.nbytes())
+    return Generation([_cut_at_eos(row, eos_token_ids) for row in tokens], T,
+                      model.state_bytes(B, T + max_new_tokens))
 
 
 def _cut_at_eos(row: list[int], eos_ids: Collection[int]) -> list[int]:
@@ -205,22 +218,30 @@ class _SkipDraft:
     verifier has written every layer's K/V for all accepted positions, the draft appends its
     guesses (for the layers it runs), and the cache is rolled back before verification."""
 
-    def __init__(self, model: Decoder, skip: frozenset[int], stop_threshold: float | None):
-        self.model, self.skip, self.stop_threshold = model, skip, stop_threshold
+    def __init__(self, model: Decoder, cache: InferenceCache, skip: frozenset[int],
+                 stop_threshold: float | None):
+        self.model, self.stop_threshold = model, stop_threshold
+        self.step = Stepper(model, cache, skip)
 
     def propose(self, cache: InferenceCache, seq: list[int], budget: int) -> list[int]:
         base = cache.length  # slots before seq[-1], whose K/V is not cached yet
+        token = torch.tensor([[seq[-1]]], device=self.model.device)
+        if self.stop_threshold is None:
+            # Tokens stay on the device: one host sync per round, not per draft token.
+            drafts = []
+            for _ in range(budget):
+                token = self.step(token)[:, -1].argmax(-1, keepdim=True)
+                drafts.append(token)
+            cache.rollback(base)
+            return torch.cat(drafts, 1)[0].tolist() if drafts else []
         draft: list[int] = []
-        token = seq[-1]
         for _ in range(budget):
-            logits = self.model(torch.tensor([[token]], device=self.model.device), cache=cache,
-                                skip=self.skip)
-            probs = logits[0, -1].float().softmax(-1)
-            p, token = (float(v) for v in probs.max(-1))
-            token = int(token)
-            if self.stop_threshold is not None and draft and p < self.stop_threshold:
+            probs = self.step(token)[0, -1].float().softmax(-1)
+            p, t = (float(v) for v in probs.max(-1))
+            if draft and p < self.stop_threshold:
                 break  # Draft & Verify's adaptive stop: leave this one to the verifier
-            draft.append(token)
+            draft.append(int(t))
+            token = torch.tensor([[int(t)]], device=self.model.device)
         cache.rollback(base)
         return draft
 
@@ -238,6 +259,7 @@ class _ModelDraft:
         # Mamba2 layers keep per-position snapshots to roll back; a round moves the draft's
         # cache forward by at most gamma + 2 tokens (catch-up + drafts).
         self.cache = draft.allocate_cache(1, max_len, max_rollback=gamma + 2)
+        self.step = Stepper(draft, self.cache)
 
     def propose(self, cache: InferenceCache, seq: list[int], budget: int) -> list[int]:
         del cache  # the verifier's
@@ -246,9 +268,9 @@ class _ModelDraft:
             device = self.model.device
             pending = torch.tensor([seq[self.cache.length:]], device=device)  # ends at seq[-1]
             for _ in range(budget):
-                logits = self.model(pending, cache=self.cache, last_only=True)
-                guesses.append(int(logits[0, -1].argmax()))
-                pending = torch.tensor([[guesses[-1]]], device=device)
+                pending = self.step(pending, last_only=True)[:, -1].argmax(-1, keepdim=True)
+                guesses.append(pending)
+            guesses = torch.cat(guesses, 1)[0].tolist()  # one host sync per round
         return guesses
 
     def accept(self, keep: int) -> None:
@@ -287,13 +309,16 @@ def speculative_generate(
     t_start = time.perf_counter()
     prompt = input_ids[0].tolist()
     max_len = len(prompt) + max_new_tokens + gamma + 1
+    # One round drafts gamma tokens past `out[-1]` on the shared cache (skip-draft); the
+    # verifier's own block is gamma + 1 long.
+    max_rollback = gamma + 1 if draft is None else gamma + 2
+    cache = model.allocate_cache(1, cache_length(model, max_len), max_rollback=max_rollback)
+    verify = Stepper(model, cache)
     if draft is None:
-        drafter: _SkipDraft | _ModelDraft = _SkipDraft(model, frozenset(skip), stop_threshold)
-        max_rollback = gamma + 1  # one round drafts gamma tokens past `out[-1]`
+        drafter: _SkipDraft | _ModelDraft = _SkipDraft(model, cache, frozenset(skip),
+                                                       stop_threshold)
     else:
-        drafter = _ModelDraft(draft, max_len, gamma)
-        max_rollback = gamma + 2
-    cache = model.allocate_cache(1, max_len, max_rollback=max_rollback)
+        drafter = _ModelDraft(draft, cache_length(draft, max_len), gamma)
     logits = model(input_ids.to(model.device), cache=cache, last_only=True)
     out = [int(logits[0, -1].argmax())]
     stats.verify_steps = 1
@@ -306,7 +331,7 @@ def speculative_generate(
         t0 = time.perf_counter()
         guesses = drafter.propose(cache, prompt + out, budget)
         t1 = time.perf_counter()
-        verified, n_ok = _verify(model, cache, out[-1], guesses)
+        verified, n_ok = _verify(verify, out[-1], guesses)
         stats.draft_s += t1 - t0
         stats.verify_s += time.perf_counter() - t1
         keep = base + 1 + n_ok  # `out[-1]` and the accepted guesses
@@ -322,12 +347,11 @@ def speculative_generate(
     return SpecResult(out, stats)
 
 
-def _verify(model: Decoder, cache: InferenceCache, last: int,
-            guesses: list[int]) -> tuple[list[int], int]:
+def _verify(verify: Stepper, last: int, guesses: list[int]) -> tuple[list[int], int]:
     """One verifier forward over [last, *guesses]: its greedy tokens (len(guesses) + 1) and how
     many guesses it agrees with, in order."""
-    block = torch.tensor([[last, *guesses]], device=model.device)
-    verified = model(block, cache=cache)[0].argmax(-1).tolist()
+    block = torch.tensor([[last, *guesses]], device=verify.device)
+    verified = verify(block)[0].argmax(-1).tolist()
     n_ok = 0
     while n_ok < len(guesses) and guesses[n_ok] == verified[n_ok]:
         n_ok += 1

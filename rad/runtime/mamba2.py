@@ -90,34 +90,57 @@ class Mamba2State:
     of the state at the target position. With `max_rollback` > 0 the layer keeps one snapshot per
     position for the last `max_rollback` positions (decode steps and short multi-token calls run
     token by token so that every position gets one); 0 keeps none (plain generation).
+
+    The snapshots live in preallocated rings (position p in slot p % (max_rollback + 1)), so the
+    compiled decode step can write them inside its graph; `snapshots` is the host-side record
+    of which positions the rings hold.
     """
 
     conv: torch.Tensor  # (B, conv_width, conv_kernel - 1): the last pre-conv inputs
     ssm: torch.Tensor  # (B, H, P, N) in fp32 (fp64 for an fp64 model)
     length: int = 0  # tokens this state has consumed
     max_rollback: int = 0
-    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    conv_ring: torch.Tensor | None = None  # (max_rollback + 1, *conv.shape)
+    ssm_ring: torch.Tensor | None = None  # (max_rollback + 1, *ssm.shape)
+    snapshots: set[int] = field(default_factory=set)  # positions the rings hold
+
+    @classmethod
+    def allocate(cls, conv: torch.Tensor, ssm: torch.Tensor, max_rollback: int) -> Mamba2State:
+        rings = ((conv.new_zeros(max_rollback + 1, *conv.shape),
+                  ssm.new_zeros(max_rollback + 1, *ssm.shape)) if max_rollback > 0
+                 else (None, None))
+        return cls(conv, ssm, max_rollback=max_rollback, conv_ring=rings[0], ssm_ring=rings[1])
+
+    @property
+    def ring_size(self) -> int:
+        return self.max_rollback + 1
 
     def snapshot(self) -> None:
         if self.max_rollback <= 0:
             return
-        self.snapshots[self.length] = (self.conv.clone(), self.ssm.clone())
-        for pos in [p for p in self.snapshots if p < self.length - self.max_rollback]:
-            del self.snapshots[pos]
+        slot = self.length % self.ring_size
+        self.conv_ring[slot].copy_(self.conv)
+        self.ssm_ring[slot].copy_(self.ssm)
+        self.mark(self.length, self.length)
+
+    def mark(self, first: int, last: int) -> None:
+        """Record that the rings hold positions first..last (written by the compiled step)."""
+        self.snapshots.update(range(first, last + 1))
+        self.snapshots.difference_update([p for p in self.snapshots
+                                          if p < last - self.max_rollback])
 
     def rollback(self, length: int) -> None:
         if length >= self.length:
             return  # a layer the draft skipped has not moved past `length`
-        snap = self.snapshots.get(length)
-        if snap is None:
+        if length not in self.snapshots:
             raise ValueError(
                 f"Mamba2 state cannot roll back from {self.length} to {length}: no snapshot "
                 f"(allocate the cache with max_rollback >= {self.length - length})")
-        self.conv.copy_(snap[0])
-        self.ssm.copy_(snap[1])
+        slot = length % self.ring_size
+        self.conv.copy_(self.conv_ring[slot])
+        self.ssm.copy_(self.ssm_ring[slot])
         self.length = length
-        for pos in [p for p in self.snapshots if p > length]:
-            del self.snapshots[pos]
+        self.snapshots.difference_update([p for p in self.snapshots if p > length])
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.conv, self.ssm))
@@ -192,11 +215,11 @@ class Mamba2(nn.Module):
                        max_rollback: int = 0) -> Mamba2State:
         del max_len  # the state does not grow with the context
         s = self.sizes
-        return Mamba2State(
+        return Mamba2State.allocate(
             torch.zeros(batch, s.conv_width, s.conv_kernel - 1, dtype=dtype, device=device),
             torch.zeros(batch, s.n_heads, s.head_dim, s.state_size, dtype=scan_dtype(dtype),
                         device=device),
-            max_rollback=max_rollback)
+            max_rollback)
 
     def _heads(self, xBC: torch.Tensor):
         """Post-conv (b, T, conv_width) -> x, B (repeated to all heads), C: (b, T, H, P|N)."""
@@ -210,6 +233,8 @@ class Mamba2(nn.Module):
 
     def _conv(self, xBC: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
         """Causal depthwise conv of (b, T, ch); updates the state's conv window."""
+        if xBC.shape[1] == 1 and state is not None:
+            return self.conv_step(xBC, state.conv)
         seq = xBC.transpose(1, 2)  # (b, ch, T)
         k = self.sizes.conv_kernel
         prev = (state.conv if state is not None
@@ -218,15 +243,39 @@ class Mamba2(nn.Module):
         if state is not None and k > 1:
             state.conv.copy_(full[..., -(k - 1):])
         weight, bias = self.conv_weight.to(seq.dtype), self.conv_bias.to(seq.dtype)
-        if seq.shape[-1] == 1:  # decode step: one dot product per channel (conv1d's setup
-            # costs ~0.2 ms per call here, more than the arithmetic); tested against conv1d
-            return ((full * weight[:, 0]).sum(-1) + bias)[:, None, :]
         out = F.conv1d(full, weight, bias, groups=seq.shape[1])
         return out.transpose(1, 2)  # (b, T, ch)
 
+    def conv_step(self, xBC: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """The conv for one token (b, 1, ch), sliding `window` (b, ch, k - 1) in place: one dot
+        product per channel (conv1d's setup costs ~0.2 ms per call here, more than the
+        arithmetic); tested against conv1d. Shared by the eager and the compiled step."""
+        seq = xBC.transpose(1, 2)  # (b, ch, 1)
+        full = torch.cat([window.to(seq.dtype), seq], dim=-1)  # (b, ch, k)
+        if self.sizes.conv_kernel > 1:
+            window.copy_(full[..., 1:])
+        weight, bias = self.conv_weight.to(seq.dtype), self.conv_bias.to(seq.dtype)
+        return ((full * weight[:, 0]).sum(-1) + bias)[:, None, :]
+
+    def project(self, u: torch.Tensor, token_mask: torch.Tensor | None):
+        """in_proj and the discretisation: z, xBC (b, T, conv_width), dt (b, T, H), A (H,).
+        token_mask (b, T): padding must not reach the conv or state (None: no padding)."""
+        z, x_in, B_in, C_in, dt_raw = self.split_in_proj(self.in_proj(u))
+        xBC = torch.cat([x_in, B_in, C_in], dim=-1)
+        acc = scan_dtype(u.dtype)
+        dt = F.softplus(dt_raw.to(acc) + self.dt_bias.to(acc))  # (b, T, H)
+        if token_mask is not None:
+            mask = token_mask[..., None]
+            xBC, dt = xBC * mask, dt * mask
+        return z, xBC, dt, -torch.exp(self.A_log.to(acc))
+
+    def readout(self, y: torch.Tensor, z: torch.Tensor, dtype) -> torch.Tensor:
+        """Gated norm and out_proj of the scan's y (b, T, H, P)."""
+        return self.out_proj(self.norm(y.flatten(-2).to(dtype), z))
+
     def forward(self, u: torch.Tensor, ctx, state: Mamba2State | None) -> torch.Tensor:
         y, z = self.ssm(u, ctx, state)
-        return self.out_proj(self.norm(y.flatten(-2).to(u.dtype), z))
+        return self.readout(y, z, u.dtype)
 
     def ssm(self, u: torch.Tensor, ctx, state: Mamba2State | None):
         """The SSM part: y (b, T, H, P) in fp32 (or wider) incl. D * x; the gate z (b, T, H*P).
@@ -237,12 +286,7 @@ class Mamba2(nn.Module):
         if state is not None and state.length != ctx.start:
             raise ValueError(f"Mamba2 state holds {state.length} tokens but the call starts at "
                              f"{ctx.start} (a skipped layer must be rolled back before it runs)")
-        z, x_in, B_in, C_in, dt_raw = self.split_in_proj(self.in_proj(u))
-        mask = ctx.token_mask[..., None]  # (b, T, 1): padding must not reach the conv or state
-        xBC = torch.cat([x_in, B_in, C_in], dim=-1) * mask
-        acc = scan_dtype(u.dtype)
-        dt = F.softplus(dt_raw.to(acc) + self.dt_bias.to(acc)) * mask  # (b, T, H); 0 on padding
-        A = -torch.exp(self.A_log.to(acc))
+        z, xBC, dt, A = self.project(u, ctx.token_mask)
         if state is not None and state.max_rollback > 0 and T <= state.max_rollback:
             return self._tokenwise(xBC, dt, A, state), z  # a snapshot at every position
         if state is not None:
@@ -268,11 +312,21 @@ class Mamba2(nn.Module):
             state.length += x.shape[1]
         return y + self.D.to(acc)[:, None] * x32
 
+    def token_step(self, xBC: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                   conv: torch.Tensor, ssm: torch.Tensor) -> torch.Tensor:
+        """One token: xBC (b, 1, ch), dt (b, 1, H) -> y (b, 1, H, P) incl. D * x, advancing the
+        conv window and the SSM state in place (the eager and the compiled step share it)."""
+        xh, B, C = self._heads(F.silu(self.conv_step(xBC, conv)))
+        acc = dt.dtype
+        x32 = xh.to(acc)
+        y = ssd_step_(x32[:, 0], dt[:, 0], A, B[:, 0].to(acc), C[:, 0].to(acc), ssm)[:, None]
+        return y + self.D.to(acc)[:, None] * x32
+
     def _tokenwise(self, xBC, dt, A, state: Mamba2State) -> torch.Tensor:
         ys = []
         for t in range(xBC.shape[1]):
             state.snapshot()
-            xh, B, C = self._heads(F.silu(self._conv(xBC[:, t:t + 1], state)))
-            ys.append(self._scan(xh, dt[:, t:t + 1], A, B, C, state))
+            ys.append(self.token_step(xBC[:, t:t + 1], dt[:, t:t + 1], A, state.conv, state.ssm))
+            state.length += 1
         state.snapshot()
         return torch.cat(ys, dim=1)

@@ -100,24 +100,35 @@ class Attention(nn.Module):
         return KVState(torch.zeros(shape, dtype=dtype, device=device),
                        torch.zeros(shape, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext, state: KVState | None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (B, H, T, head_dim) and k, v (B, Hkv, T, head_dim), RoPE applied (the eager and the
+        compiled step share it)."""
         B, T, _ = x.shape
         qkv = self.qkv_proj(x).view(B, T, -1, self.head_dim)  # (B, T, H + 2*Hkv, head_dim)
         # q and k are adjacent in the fused output: rotate both heads' worth in one go.
         qk, v = qkv.split((self.n_heads + self.n_kv_heads, self.n_kv_heads), dim=2)
         qk = qk.transpose(1, 2)  # (B, H + Hkv, T, head_dim)
-        qk = qk * ctx.cos + rotate_half(qk) * ctx.sin
+        qk = qk * cos + rotate_half(qk) * sin
         q, k = qk.split((self.n_heads, self.n_kv_heads), dim=1)
-        v = v.transpose(1, 2)  # (B, Hkv, T, head_dim)
+        return q, k, v.transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: torch.Tensor | None, is_causal: bool = False) -> torch.Tensor:
+        """SDPA over k, v and o_proj: (B, T, hidden)."""
+        B, _, T, _ = q.shape
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                             enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, state: KVState | None) -> torch.Tensor:
+        T = x.shape[1]
+        q, k, v = self.project(x, ctx.cos, ctx.sin)
         if state is not None:
             end = ctx.start + T
             state.k[:, :, ctx.start:end] = k
             state.v[:, :, ctx.start:end] = v
             k, v = state.k[:, :, :end], state.v[:, :, :end]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
-            enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        return self.attend(q, k, v, ctx.attn_mask, ctx.is_causal)
 
 
 class SwiGLU(nn.Module):
@@ -177,17 +188,21 @@ class Decoder(nn.Module):
         self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- RoPE table -------------------------------------------------------------------------
-    def _rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        need = int(positions.max()) + 1 if positions.numel() else 1
+    def rope_table(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 cos and sin (>= length, head_dim), grown on demand (never shrunk)."""
         table = self._rope_table
-        if table is None or need > table[0].shape[0] or table[0].device != positions.device:
-            length = max(need, 256, 2 * table[0].shape[0] if table is not None else 0)
+        if table is None or length > table[0].shape[0] or table[0].device != torch.device(device):
+            length = max(length, 256, 2 * table[0].shape[0] if table is not None else 0)
             inv_freq, scale = rope_inv_freq(self.cfg)
             pos = torch.arange(length, dtype=torch.float32)
             emb = torch.outer(pos, inv_freq).repeat(1, 2)  # (length, head_dim)
-            table = ((emb.cos() * scale).to(positions.device),
-                     (emb.sin() * scale).to(positions.device))
+            table = (emb.cos() * scale).to(device), (emb.sin() * scale).to(device)
             self._rope_table = table
+        return table
+
+    def _rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        need = int(positions.max()) + 1 if positions.numel() else 1
+        table = self.rope_table(need, positions.device)
         cos = table[0][positions].to(dtype).unsqueeze(1)  # (B, 1, T, head_dim)
         sin = table[1][positions].to(dtype).unsqueeze(1)
         return cos, sin
