@@ -252,16 +252,34 @@ def test_bench_runtime_json(tiny_folder, cli, tmp_path):
     records = result["records"]
     assert isinstance(records, list)
     cells = sorted((rec["dtype"], rec["batch"], rec["impl"]) for rec in records)
-    assert cells == sorted((d, b, i) for d in ["fp32"] for b in [1, 2] for i in ["hf", "rad"])
+    impls = ["hf", "rad", "rad-compiled"]  # a bench's auto compiles: the eager one is beside it
+    assert cells == sorted((d, b, i) for d in ["fp32"] for b in [1, 2] for i in impls)
+    assert result["compile"] == "on"
     for rec in records:
         assert rec["tok_s"] > 0 and rec["new_tokens"] == 4 and rec["prompt_tokens"] > 0
-        if rec["impl"] == "rad":
-            assert rec["same_tokens_as_hf"] is True  # greedy tokens identical to HF's
-        else:
+        if rec["impl"] == "hf":
             assert rec["same_tokens_as_hf"] is None
+        else:
+            assert rec["same_tokens_as_hf"] is True  # greedy tokens identical to HF's
+        assert (rec["compile_s"] is not None) == (rec["impl"] == "rad-compiled")
     # The printed table has one row per record.
     rows = [line.split() for line in r.out.splitlines()]
-    assert sum(1 for row in rows if row[:1] in (["rad"], ["hf"])) == len(records)
+    assert sum(1 for row in rows if row[:1] in [[i] for i in impls]) == len(records)
+
+
+def test_bench_runtime_without_compile_has_no_compiled_rows(tiny_folder, cli, tmp_path):
+    path = tmp_path / "bench.json"
+    r = cli("bench", "runtime", "--model", "tiny-random", "--batch", "1", "--new-tokens", "3",
+            "--dtype", "fp32", "--repeats", "1", "--compile", "off", "--json", str(path))
+    assert r.rc == 0, r.err
+    result = json.loads(path.read_text())
+    assert result["compile"] == "off"
+    assert sorted(rec["impl"] for rec in result["records"]) == ["hf", "rad"]
+
+
+def test_bad_compile_value_is_a_usage_error(cli):
+    r = cli("generate", "--model", "tiny-random", "--prompt", "x", "--compile", "fast")
+    assert r.rc == 2 and "--compile" in r.err
 
 
 @pytest.mark.parametrize("extra, word", [

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    from rad.runtime import compile_mode  # torch-free: the switch for the decode step
+    before = compile_mode.compile_mode()
+    if getattr(args, "compile", None) is not None:
+        compile_mode.set_compile_mode(args.compile)
     try:
         return args.handler(args)
     except (UserError, UnknownNameError) as e:
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rad: interrupted", file=sys.stderr)
         return 130
+    finally:
+        compile_mode.set_compile_mode(before)  # main() is also called in-process (tests)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,13 @@ def add_draft_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=int, default=4, help="most tokens drafted per verify step")
     p.add_argument("--stop-threshold", type=float, default=None,
                    help="adaptive stop: end a draft when its top-1 probability falls below")
+
+
+def add_compile_arg(p: argparse.ArgumentParser, bench: bool = False) -> None:
+    """`--compile auto|on|off`: the compiled static decode step (rad.runtime.compile_mode)."""
+    extra = (" A bench times steady state, so here auto means on; compile time is reported "
+             "separately." if bench else "")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="compiled decode step: on (compile every decode shape), off (the eager "
+                   "reference), auto (default: on for CUDA; on CPU a shape compiles once it has "
+                   "run 2048 eager steps, since compiling costs ~20-40 s per shape)." + extra)

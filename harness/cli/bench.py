@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from harness.cli.args import Parser, int_list, str_list
+from harness.cli.args import Parser, add_compile_arg, int_list, str_list
 from harness.common.errors import UserError
 from harness.common.files import atomic_write_text, check_output_file
 from harness.experiment import bench_throughput
 from harness.experiment.bench_runtime import as_json, bench_runtime, measure_stream_gbs
 from harness.models import load_model, parse_dtype
 from harness.report.tables import bench_runtime_table, throughput_markdown
+from rad.runtime.compile_mode import compile_mode, set_compile_mode
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -29,7 +30,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
     r.add_argument("--new-tokens", type=int, default=128)
     r.add_argument("--dtype", type=str_list, default=["fp32", "bf16"])
     r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     r.add_argument("--json", type=Path, help="write the records here")
+    add_compile_arg(r, bench=True)
     r.set_defaults(handler=cmd_bench_runtime)
 
     t = bsub.add_parser(
@@ -51,6 +54,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    help="also time the 50%% hybrid and the full-SSM model built from --model")
     t.add_argument("--json", type=Path, help="write the records here")
     t.add_argument("--md", type=Path, help="write a markdown table here")
+    add_compile_arg(t, bench=True)
     t.set_defaults(handler=cmd_bench_throughput)
 
 
@@ -61,10 +65,13 @@ def cmd_bench_runtime(args) -> int:
         parse_dtype(d)
     if not args.batch or min(args.batch) < 1 or args.new_tokens < 1 or args.repeats < 1:
         raise UserError("--batch, --new-tokens and --repeats must be positive")
+    _check_device(args.device)
     if args.json:
         check_output_file(args.json)
-    records = bench_runtime(args.model, args.batch, args.dtype, args.new_tokens, args.repeats)
-    result = as_json(records, measure_stream_gbs(), args.model)
+    _steady_state_compile()
+    records = bench_runtime(args.model, args.batch, args.dtype, args.new_tokens, args.repeats,
+                            args.device)
+    result = as_json(records, measure_stream_gbs(device=args.device), args.model)
     print(bench_runtime_table(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2))
@@ -76,13 +83,11 @@ def cmd_bench_throughput(args) -> int:
         raise UserError("--contexts and --batch need positive integers")
     if min(args.new_tokens, args.repeats, args.prefill_max_tokens) < 1:
         raise UserError("--new-tokens, --repeats and --prefill-max-tokens must be >= 1")
-    if args.device not in ("cpu", "cuda"):
-        raise UserError(f"unknown --device {args.device!r}; use cpu or cuda")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
+    _check_device(args.device)
     for path in (args.json, args.md):
         if path:
             check_output_file(path)
+    _steady_state_compile()
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.with_hybrids and set(lm.model.layer_kinds) != {"attention"}:
         raise UserError("--with-hybrids needs an all-attention model; "
@@ -102,3 +107,16 @@ def cmd_bench_throughput(args) -> int:
     if args.md:
         atomic_write_text(args.md, table)
     return 0
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown --device {device!r}; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+
+
+def _steady_state_compile() -> None:
+    """A bench times steady state (compile time is reported apart), so `auto` means `on`."""
+    if compile_mode() == "auto":
+        set_compile_mode("on")

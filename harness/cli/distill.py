@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.cli.args import int_list, str_list
+from harness.cli.args import add_compile_arg, int_list, str_list
 from harness.common.errors import UserError
 from harness.common.files import check_output_file
 from harness.experiment import distill_compare
@@ -53,6 +53,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                        "kl_profile.json from 'rad kl-profile' (kl-guided)")
         d.add_argument("--teacher", help="teacher model (default: --model, self-distillation); "
                        "must share the tokenizer")
+        add_compile_arg(d)
         d.set_defaults(handler=cmd_distill)
     else:
         d.add_argument("--model", required=True)
@@ -65,6 +66,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         d.add_argument("--report-dir", type=Path, help="where the report goes (default OUT)")
         d.add_argument("--selection", type=Path, help="selection.json for rad-selected methods")
         d.add_argument("--teacher")
+        add_compile_arg(d)
         d.set_defaults(handler=cmd_distill_compare)
     _add_train_args(d)
 

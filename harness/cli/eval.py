@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.cli.args import add_model_args, int_list, str_list
+from harness.cli.args import add_compile_arg, add_model_args, int_list, str_list
 from harness.common.files import check_output_file
 from harness.report.tables import eval_summary_lines
 from harness.tasks.base import TASKS
@@ -59,6 +59,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     e.add_argument("--gamma", type=int, default=4, help="draft length for the acceptance rate")
     e.add_argument("--spec-tokens", type=int, default=64,
                    help="new tokens per prompt for the acceptance rate")
+    add_compile_arg(e)
     e.set_defaults(handler=cmd_eval)
 
 

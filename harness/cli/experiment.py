@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from harness.cli.args import add_compile_arg
 from harness.common.files import check_output_file
 from harness.experiment.config import load_config
 from harness.experiment.estimate import dry_run_lines
@@ -36,6 +37,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                     help="list every step with its estimated peak memory and time per GPU "
                     "(from the models' config.json files; needs neither a GPU nor the "
                     "weights) and exit")
+    add_compile_arg(rp)
     rp.set_defaults(handler=cmd_reproduce)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.args import add_draft_args, add_model_args, int_list
+from harness.cli.args import add_compile_arg, add_draft_args, add_model_args, int_list
 from harness.common.errors import UserError
 from harness.models import load_model
 from rad.runtime import decode, prompts
@@ -27,6 +27,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    help="comma-separated layer indices whose attention is skipped (the draft)")
     if name == "speculate":
         add_draft_args(p)
+    add_compile_arg(p)
     p.set_defaults(handler=cmd_generate if name == "generate" else cmd_speculate)
 
 

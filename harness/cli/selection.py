@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.cli.args import add_draft_args, add_model_args, int_list, str_list
+from harness.cli.args import add_compile_arg, add_draft_args, add_model_args, int_list, str_list
 from harness.cli.runtime import check_draft_args
 from harness.common.errors import UserError
 from harness.common.files import ensure_writable_dir, read_json
@@ -94,6 +94,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         p.add_argument("--random", type=int, default=3, help="number of random sets")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--repeats", type=int, default=3)
+    add_compile_arg(p)
     p.set_defaults(handler={"diagnose": cmd_diagnose, "select": cmd_select,
                             "compare-sets": cmd_compare_sets,
                             "compare-samplers": cmd_compare_samplers}[name])
@@ -110,6 +111,7 @@ def _add_kl_profile_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=int, default=default,
                        help=f"distillation data, as 'rad distill' (default {default})")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_compile_arg(p)
     p.set_defaults(handler=cmd_kl_profile)
 
 

@@ -47,7 +47,9 @@ def package_versions() -> dict[str, str | None]:
 
 def provenance() -> dict:
     """The record every result carries; callers add what only they know (device, threads)."""
+    from rad.runtime.compile_mode import compile_mode  # torch-free
     return {"git_commit": git_commit(), "packages": package_versions(),
+            "compile": compile_mode(),
             "python": platform.python_version(), "machine": platform.machine(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -28,8 +28,10 @@ from harness.common.provenance import provenance
 from rad.method.replace import build_hybrid
 from rad.method.select import SelectionRequest, get_selector
 from rad.runtime.cache import replicate
+from rad.runtime.compile_mode import compile_mode
 from rad.runtime.decode import decode_steps, greedy, prefill
 from rad.runtime.model import Decoder
+from rad.runtime.static_step import STATS
 
 WARMUP_STEPS = 4
 
@@ -49,6 +51,7 @@ class ThroughputRecord:
     state_bytes: int  # inference state for `batch` rows of `context` tokens
     peak_rss_bytes: int | None  # process peak RSS during this cell (CPU), None if unknown
     peak_cuda_bytes: int | None  # torch.cuda.max_memory_allocated during this cell (GPU)
+    compile_s: float = 0.0  # compiling the decode step, on the warm-up (not in decode tok/s)
 
 
 def comparison_models(model: Decoder, seed: int = 0) -> list[tuple[str, Decoder]]:
@@ -164,14 +167,16 @@ def bench_cell(label: str, model: Decoder, context: int, batch: int, new_tokens:
     prefill_runs = [prefill_batch * context / timed(run_prefill) for _ in range(repeats)]
 
     decode = _decoder(model, ids[:1], batch, WARMUP_STEPS + repeats * new_tokens)
+    compile_before = STATS.compile_s
     decode(WARMUP_STEPS)
+    compile_s = STATS.compile_s - compile_before
     decode_runs = [batch * new_tokens / timed(lambda: decode(new_tokens)) for _ in range(repeats)]
     n_mamba = sum(k == "mamba2" for k in model.layer_kinds)
     return ThroughputRecord(
         label, n_mamba, context, batch, prefill_batch, statistics.median(prefill_runs),
         prefill_runs, statistics.median(decode_runs), decode_runs, new_tokens,
         model.state_bytes(batch, context), _peak_rss() if tracked else None,
-        torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+        torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None, compile_s)
 
 
 def bench_throughput(models: Sequence[tuple[str, Decoder]], contexts: Sequence[int],
@@ -199,5 +204,6 @@ def as_json(records: list[ThroughputRecord], model: str, dtype: str, device: str
             settings: dict) -> dict:
     return {"model": model, "dtype": dtype, "device": device,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "settings": settings, "warmup_steps": WARMUP_STEPS, "provenance": provenance(),
+            "compile": compile_mode(), "settings": settings, "warmup_steps": WARMUP_STEPS,
+            "provenance": provenance(),
             "records": [asdict(r) for r in records]}

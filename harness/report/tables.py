@@ -227,16 +227,18 @@ def throughput_markdown(result: dict) -> str:
     s = result["settings"]
     lines = [
         f"# Throughput: {result['model']} ({result['dtype']}, {result['device']}, "
-        f"{result['threads']} threads, torch {result['torch']})", "",
+        f"{result['threads']} threads, torch {result['torch']}, compiled decode step: "
+        f"{result.get('compile', 'off')})", "",
         f"Decode: median of {s['repeats']} windows of {s['new_tokens']} greedy steps after "
         f"{result['warmup_steps']} warm-up steps, from one prefilled row replicated to the "
         "batch. Prefill: "
         f"median of {s['repeats']} after a warm-up, at most {s['prefill_max_tokens']} tokens "
         "per call. Ratios are against the first model of the same cell, measured in the same "
-        "run.", "",
+        "run. Compile s: compiling the decode step for that cell's shape, on the warm-up (not in "
+        "the decode tok/s).", "",
         "| model | Mamba2 layers | context | batch | prefill tok/s (rows) | decode tok/s "
-        "(min-max) | decode vs ref | state MiB | state vs ref | peak RSS GiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "(min-max) | decode vs ref | state MiB | state vs ref | peak RSS GiB | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ref: dict[tuple[int, int], dict] = {}
     for r in result["records"]:
         base = ref.setdefault((r["context"], r["batch"]), r)
@@ -246,7 +248,8 @@ def throughput_markdown(result: dict) -> str:
             f"{r['prefill_tok_s']:.0f} ({r['prefill_batch']}) | {r['decode_tok_s']:.1f} "
             f"({min(r['decode_tok_s_runs']):.1f}-{max(r['decode_tok_s_runs']):.1f}) | "
             f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}x | {r['state_bytes'] / 2**20:.1f} | "
-            f"{r['state_bytes'] / base['state_bytes']:.0%} | {rss} |")
+            f"{r['state_bytes'] / base['state_bytes']:.0%} | {rss} | "
+            f"{r.get('compile_s', 0.0):.1f} |")
     return "\n".join(lines) + "\n"
 
 def eval_summary_lines(result: dict[str, Any]) -> list[str]:
@@ -279,21 +282,28 @@ def eval_markdown_rows(result: dict[str, Any]) -> list[str]:
 EVAL_MARKDOWN_HEADER = ("| task | prompt | metrics | n | batch | max new tokens | wall s "
                    "| s / problem |\n|---|---|---|---|---|---|---|---|")
 
-def bench_runtime_line(hf: dict, rad: dict) -> str:
-    """One line per (dtype, batch) of `rad bench runtime`: rad beside HF generate."""
-    return (f"{rad['dtype']} batch {rad['batch']}: rad {rad['tok_s']:.1f} tok/s, hf "
-            f"{hf['tok_s']:.1f} tok/s ({rad['tok_s'] / hf['tok_s']:.2f}x), same tokens as hf: "
-            f"{rad['same_tokens_as_hf']}")
+def bench_runtime_line(records: list[dict]) -> str:
+    """One line per (dtype, batch) of `rad bench runtime`: each rad impl beside HF generate."""
+    hf = next(r for r in records if r["impl"] == "hf")
+    parts = [f"hf {hf['tok_s']:.1f} tok/s"]
+    for r in records:
+        if r["impl"] != "hf":
+            extra = f", compile {r['compile_s']:.1f} s" if r.get("compile_s") is not None else ""
+            parts.append(f"{r['impl']} {r['tok_s']:.1f} tok/s ({r['tok_s'] / hf['tok_s']:.2f}x"
+                         f", same tokens as hf: {r['same_tokens_as_hf']}{extra})")
+    return f"{hf['dtype']} batch {hf['batch']}: " + "; ".join(parts)
 
 
 def bench_runtime_table(result: dict) -> str:
-    lines = [f"stream bandwidth {result['stream_gbs']:.1f} GB/s, {result['threads']} threads",
-             f"{'impl':5s} {'dtype':5s} {'batch':>5s} {'tok/s':>8s} {'vs hf':>6s} "
-             f"{'of limit':>8s}"]
+    lines = [f"stream bandwidth {result['stream_gbs']:.1f} GB/s, {result['threads']} threads, "
+             f"compile {result.get('compile', 'off')}",
+             f"{'impl':12s} {'dtype':5s} {'batch':>5s} {'tok/s':>8s} {'vs hf':>6s} "
+             f"{'of limit':>8s} {'compile s':>9s}"]
     hf = {(r["dtype"], r["batch"]): r["tok_s"] for r in result["records"] if r["impl"] == "hf"}
     for r in result["records"]:
         ratio = r["tok_s"] / hf[(r["dtype"], r["batch"])]
         frac = f"{r['fraction_of_limit']:.0%}" if r["fraction_of_limit"] is not None else "-"
-        lines.append(f"{r['impl']:5s} {r['dtype']:5s} {r['batch']:5d} {r['tok_s']:8.1f} "
-                     f"{ratio:6.2f} {frac:>8s}")
+        comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "-"
+        lines.append(f"{r['impl']:12s} {r['dtype']:5s} {r['batch']:5d} {r['tok_s']:8.1f} "
+                     f"{ratio:6.2f} {frac:>8s} {comp:>9s}")
     return "\n".join(lines)
