@@ -3,6 +3,8 @@ run on a GPU machine with `python -m pytest -q tests/test_cuda.py`."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -87,3 +89,29 @@ def test_distillation_steps_on_cuda_follow_the_cpu_run(tmp_path):
                  0, ids[:6], targets[:6], ids[6:], targets[6:], tmp_path / "bf16",
                  progress=False)
     assert all(torch.isfinite(torch.tensor(c["heldout_kl"])) for c in bf16)
+
+
+@pytest.mark.parametrize("layers", [[], [0, 2], [0, 1, 2]])
+def test_compiled_cuda_decode_gives_the_eager_tokens(layers):
+    """CUDA graphs (reduce-overhead) against the eager step on the same GPU, plain and
+    speculative, on a teacher, a hybrid and a full-SSM model."""
+    from tiny_models import pair
+
+    from rad.method.replace import build_hybrid
+    from rad.runtime import compile_mode
+    from rad.runtime.decode import generate, left_pad, speculative_generate
+
+    _, teacher = pair("llama")
+    # A deep copy: `.to` must not move the shared tiny teacher (or weights a hybrid shares).
+    model = copy.deepcopy(build_hybrid(teacher, layers, "kqvo", seed=0) if layers
+                          else teacher).to(CUDA)
+    ids, mask = left_pad([[3, 4, 5, 6], [7, 8]], 0)
+    out = {}
+    for mode in ("off", "on"):
+        compile_mode.set_compile_mode(mode)
+        try:
+            out[mode] = (generate(model, ids, mask, 12, stop_at_eos=False).tokens,
+                         speculative_generate(model, ids[:1], 12, 3, skip=[1]).tokens)
+        finally:
+            compile_mode.set_compile_mode("auto")
+    assert out["on"] == out["off"]
