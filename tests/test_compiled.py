@@ -175,7 +175,7 @@ def test_training_after_compiling_drops_the_frozen_graphs(mode):
     """Frozen graphs hold the weights as constants; an in-place update must not be ignored."""
     _, teacher = pair("llama")
     model = build_hybrid(teacher, [], "kqvo")  # a private copy to modify
-    ids = torch.tensor([[3, 1, 4]])
+    ids = torch.tensor([[3, 1, 4], [1, 5, 9]])  # two rows: a frozen graph (see _freezing)
     mode("on")
     before = generate(model, ids, max_new_tokens=5).tokens
     with torch.no_grad():
@@ -189,3 +189,17 @@ def test_training_after_compiling_drops_the_frozen_graphs(mode):
 def test_bad_compile_mode_is_refused():
     with pytest.raises(ValueError, match="auto, on, off"):
         compile_mode.set_compile_mode("fast")
+
+
+def test_past_the_live_shape_cap_graphs_start_afresh_and_stay_exact(mode, monkeypatch):
+    """Frozen graphs hold weight copies; past MAX_LIVE_SHAPES all are dropped, then recompiled."""
+    _, model = pair("qwen2")
+    monkeypatch.setattr(static_step, "MAX_LIVE_SHAPES", 1)
+    ids, mask = left_pad([[1, 2, 3], [4, 5]], 0)
+    mode("off")
+    ref = [generate(model, ids[:b], mask[:b], 5).tokens for b in (1, 2, 1)]
+    mode("on")
+    shapes = STATS.shapes
+    got = [generate(model, ids[:b], mask[:b], 5).tokens for b in (1, 2, 1)]
+    assert got == ref
+    assert STATS.shapes == shapes + 3  # batch 1 was dropped by batch 2, so compiled again
