@@ -203,3 +203,15 @@ def test_past_the_live_shape_cap_graphs_start_afresh_and_stay_exact(mode, monkey
     got = [generate(model, ids[:b], mask[:b], 5).tokens for b in (1, 2, 1)]
     assert got == ref
     assert STATS.shapes == shapes + 3  # batch 1 was dropped by batch 2, so compiled again
+
+
+def test_the_switch_is_the_environment_and_provenance_records_it(monkeypatch):
+    from harness.common.provenance import provenance
+
+    monkeypatch.setenv("RAD_COMPILE", "off")
+    assert compile_mode.compile_mode() == "off" and provenance()["compile"] == "off"
+    compile_mode.set_compile_mode("on")
+    assert provenance()["compile"] == "on"
+    monkeypatch.setenv("RAD_COMPILE", "fast")
+    with pytest.raises(ValueError, match="RAD_COMPILE"):
+        compile_mode.compile_mode()

@@ -13,6 +13,7 @@ import sys
 from harness.cli.args import Parser
 from harness.common.errors import UserError
 from rad.registry import UnknownNameError
+from rad.runtime import compile_mode  # torch-free: the switch for the decode step
 
 # command -> (module defining `add_parser(sub, name, help)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -67,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
-    from rad.runtime import compile_mode  # torch-free: the switch for the decode step
     before = compile_mode.compile_mode()
     if getattr(args, "compile", None) is not None:
         compile_mode.set_compile_mode(args.compile)

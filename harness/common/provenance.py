@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 import time
@@ -47,9 +48,9 @@ def package_versions() -> dict[str, str | None]:
 
 def provenance() -> dict:
     """The record every result carries; callers add what only they know (device, threads)."""
-    from rad.runtime.compile_mode import compile_mode  # torch-free
     return {"git_commit": git_commit(), "packages": package_versions(),
-            "compile": compile_mode(),
+            # The compiled-decode switch (rad.runtime.compile_mode keeps it in this variable).
+            "compile": os.environ.get("RAD_COMPILE", "auto"),
             "python": platform.python_version(), "machine": platform.machine(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -1,6 +1,6 @@
-"""The one switch for the compiled decode step (`rad ... --compile auto|on|off`): process-wide,
-read by `rad.runtime.static_step` on every step, recorded in every result's provenance. No torch
-import here, so the presentation commands can record the mode without paying for torch.
+"""The one switch for the compiled decode step (`rad ... --compile auto|on|off`, or the
+environment variable RAD_COMPILE): process-wide, read by `rad.runtime.static_step` once per
+decode loop, recorded in every result's provenance. No torch import here.
 
 - off:  the eager `Decoder.forward` everywhere (the reference).
 - on:   every decode step (one token, or the verifier's gamma + 1) runs the compiled step.
@@ -12,18 +12,23 @@ import here, so the presentation commands can record the mode without paying for
 
 from __future__ import annotations
 
+import os
+
 COMPILE_MODES = ("auto", "on", "off")
 AUTO_CPU_STEPS = 2048
-
-_mode = "auto"
+# The switch lives in the process environment: a library user (e.g. lm-eval's CLI driving our
+# backend) sets it without our CLI, and provenance (harness.common, below this layer) reads it.
+ENV = "RAD_COMPILE"
 
 
 def set_compile_mode(mode: str) -> None:
-    global _mode
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode {mode!r}: use one of {', '.join(COMPILE_MODES)}")
-    _mode = mode
+    os.environ[ENV] = mode
 
 
 def compile_mode() -> str:
-    return _mode
+    mode = os.environ.get(ENV, "auto")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"{ENV}={mode!r}: use one of {', '.join(COMPILE_MODES)}")
+    return mode
