@@ -195,6 +195,8 @@ class Stepper:
                           for i, kind in enumerate(model.layer_kinds))
         self.device = model.device
         self._bufs: tuple | None = None  # the cache's buffers per layer, gathered once
+        # How far the cache's Mamba2 states can roll back (fixed when it was allocated).
+        self.rollback = max((getattr(st, "max_rollback", 0) for st in cache.states), default=0)
         if self.mode != "off":
             _check_weights(model)
 
@@ -208,17 +210,13 @@ class Stepper:
 
     def _key(self, T: int) -> tuple:
         c = self.cache
-        return (id(self.model), c.batch, c.max_len, T, self.plan, self._rollback(),
+        return (id(self.model), c.batch, c.max_len, T, self.plan, self.rollback,
                 self.model.dtype, str(self.device))
-
-    def _rollback(self) -> int:
-        return max((getattr(st, "max_rollback", 0) for st in self.cache.states), default=0)
 
     def _compiled(self, T: int) -> bool:
         if self.mode == "off" or T > MAX_STEP_TOKENS or self.cache.length == 0:
             return False
-        rollback = self._rollback()
-        if rollback and T > rollback and "mamba2" in self.plan:
+        if self.rollback and T > self.rollback and "mamba2" in self.plan:
             return False  # eager scans such a block in chunks, with one snapshot only
         if self.mode == "on" or self.device.type == "cuda":
             return True
@@ -242,7 +240,7 @@ class Stepper:
         offsets = torch.arange(T, device=self.device)
         positions = c.n_valid[:, None] + offsets
         c.record(torch.ones(B, T, dtype=torch.bool, device=self.device))
-        ring = self._rollback() + 1
+        ring = self.rollback + 1
         ring_slots = (start + torch.arange(T + 1, device=self.device)) % ring
         cos, sin = model.rope_table(c.max_len, self.device)
         if self._bufs is None:
