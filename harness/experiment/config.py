@@ -69,6 +69,7 @@ class DistillSettings:
 class EvalSettings:
     tasks: list[str] = field(default_factory=lambda: ["gsm8k", "math500", "humaneval"])
     limit: int | None = 10  # problems per task (first N, or N drawn with sample_seed); None: all
+    limits: dict[str, int] = field(default_factory=dict)  # per-task overrides of limit
     sample_seed: int | None = None
     chat: bool = True  # 0-shot in the chat template (instruct models)
     max_gen_toks: int = 128
@@ -196,6 +197,11 @@ def _check(cfg: ExperimentConfig, where: str) -> None:
         if t not in TASKS:
             raise UserError(f"{where}: unknown task {t!r}; known tasks: "
                             f"{', '.join(TASKS.names())}")
+    for t, n in cfg.eval.limits.items():
+        if t not in cfg.eval.tasks:
+            raise UserError(f"{where}: eval.limits names {t!r}, which is not in eval.tasks")
+        if n < 1:
+            raise UserError(f"{where}: eval.limits.{t} must be >= 1; got {n}")
     if cfg.dtype not in DTYPES:
         raise UserError(f"{where}: dtype must be one of {', '.join(DTYPES)}")
     if cfg.device not in ("cpu", "cuda"):

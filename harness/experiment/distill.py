@@ -30,7 +30,7 @@ from harness.models import (
 )
 from rad.digest import json_digest
 from rad.method.distill.align import align_mixers
-from rad.method.distill.loop import CURVE, TrainConfig, train
+from rad.method.distill.loop import CURVE, TrainConfig, heldout_kl_rows, train
 from rad.method.distill.parallel import choose
 from rad.method.distill.trainable import TRAINABLE_POLICIES
 from rad.method.recipes import Recipe, get_recipe
@@ -231,6 +231,8 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
                "tokens_per_step": req.train.batch_size * req.train.grad_accum * req.data.seq_len,
                "heldout_kl_start": curve[0]["heldout_kl"],
                "heldout_kl_final": curve[-1]["heldout_kl"],
+               "heldout_kl_rows": heldout_kl_rows(hybrid, data.heldout_ids, held_t,
+                                                  req.train.eval_batch_size),
                "train_wall_s": curve[-1]["wall_s"], "run_wall_s": time.time() - t0,
                "alignment": alignment, "settings": settings, "provenance": record,
                "world_size": world.size, "parallel": _strategy(req, recipe, hybrid, world)}

@@ -79,6 +79,20 @@ def run_manifest(cfg: ExperimentConfig) -> dict:
                             "description": get_recipe(m).description} for m in cfg.methods}}
 
 
+def _items(samples: Path) -> dict:
+    """Per evaluated problem (first sample of each), its id and whether it was right."""
+    ids, correct, seen = [], [], set()
+    for line in samples.read_text().splitlines():
+        rec = json.loads(line)
+        key = next(rec[k] for k in ("doc_id", "id", "task_id") if k in rec)
+        if key in seen:
+            continue
+        seen.add(key)
+        ids.append(key)
+        correct.append(int(bool(rec.get("correct_flexible", rec["correct"]))))
+    return {"ids": ids, "correct": correct}
+
+
 # -- preflight: everything that can fail is checked before anything is written --------------------
 def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
     """Data, opt-in, model, k, and the run folder; returns the loaded base model."""
@@ -222,6 +236,7 @@ class Runner:
         def fn(folder: Path) -> None:
             run_eval(EvalConfig(
                 model=model, tasks=e.tasks, dtype=self.cfg.dtype, limit=e.limit,
+                task_limits=dict(e.limits),
                 sample_seed=e.sample_seed, chat=e.chat, batch_size=e.batch_size,
                 max_gen_toks=e.max_gen_toks, allow_code_execution=self.allow,
                 json_path=folder / "eval.json", threads=self.cfg.threads,
@@ -246,6 +261,7 @@ class Runner:
         recipe = get_recipe(cell.method)
         steps: dict[str, dict] = {}
         metrics: dict[str, float | None] = {}
+        items: dict[str, dict] = {}  # per problem / held-out row: what paired statistics read
         layers: list[int] = []
         if recipe.trains:
             folder = self.distill(cell, steps)
@@ -254,14 +270,19 @@ class Runner:
             metrics["heldout_kl"] = summary["heldout_kl_final"]
             metrics["heldout_kl_start"] = summary["heldout_kl_start"]
             metrics["train_wall_s"] = summary["train_wall_s"]
+            items["heldout_kl"] = {"ids": list(range(len(summary["heldout_kl_rows"]))),
+                                   "values": summary["heldout_kl_rows"]}
             model, model_key = str(folder), steps["distill"]["key"]
         else:  # the base model: KL to itself is 0 by definition, nothing trained
             metrics.update(heldout_kl=0.0, heldout_kl_start=0.0, train_wall_s=0.0)
+            items["heldout_kl"] = {"ids": list(range(self.cfg.distill.n_heldout)),
+                                   "values": [0.0] * self.cfg.distill.n_heldout}
             model, model_key = None, f"base:{self.cfg.model}"
         eval_dir, steps["eval"] = self.evaluate(model or self.cfg.model, model_key, cell.name)
         ev = json.loads((eval_dir / "eval.json").read_text())
         for task in self.cfg.eval.tasks:
             metrics[task] = ev["tasks"][task]["metrics"][TASKS.get(task).headline]
+            items[task] = _items(eval_dir / ev["tasks"][task]["samples_file"])
         metrics["eval_n"] = min(ev["tasks"][t]["n"] for t in self.cfg.eval.tasks)
         bench_dir, steps["bench"] = self.bench(model, model_key, cell.name)
         bench = json.loads((bench_dir / "bench.json").read_text())
@@ -271,7 +292,7 @@ class Runner:
                        base_state_bytes=bench["base"]["state_bytes"])
         result = {
             "method": cell.method, "seed": cell.seed, "recipe": recipe.as_dict(),
-            "layers": layers, "metrics": metrics,
+            "layers": layers, "metrics": metrics, "items": items,
             "steps": {name: {"folder": f"{STEPS_DIR}/{name}-{rec['key']}", "key": rec["key"],
                              "wall_s": rec["wall_s"], "cached": rec["cached"]}
                       for name, rec in steps.items()},

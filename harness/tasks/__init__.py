@@ -11,4 +11,8 @@ Importing this package registers every task. To add a task: write `harness/tasks
 from harness.tasks import gsm8k  # noqa: F401
 from harness.tasks import math500  # noqa: F401
 from harness.tasks import humaneval  # noqa: F401
+from harness.tasks import cruxeval  # noqa: F401
+from harness.tasks import piqa  # noqa: F401
+from harness.tasks import winogrande  # noqa: F401
+from harness.tasks import lambada  # noqa: F401
 # isort: on

@@ -42,9 +42,17 @@ class TaskData:
     root: Callable[[], Path] | None = None  # None: data_dir()
     missing_hint: str = DATA_HINT
     loose: tuple[str, ...] = ()  # required fields of other types; the parser checks them
+    # split -> a file of gold labels, one a line, line N for row N (PIQA ships them apart);
+    # each becomes the example's `label` (an int from `label_values`)
+    labels: dict[str, str] | None = None
+    label_values: tuple[str, ...] = ()
 
     def path(self, split: str) -> Path:
         return (self.root or data_dir)() / self.files[split]
+
+    def labels_path(self, split: str) -> Path | None:
+        rel = (self.labels or {}).get(split)
+        return None if rel is None else (self.root or data_dir)() / rel
 
 
 @dataclass
@@ -54,6 +62,7 @@ class EvalConfig:
     tasks: list[str]
     dtype: str = "fp32"
     limit: int | None = None
+    task_limits: dict[str, int] = field(default_factory=dict)  # per-task overrides of limit
     sample_seed: int | None = None
     fewshot: int | None = None
     chat: bool = False
@@ -82,6 +91,7 @@ class Task:
     higher_is_better: bool = True
     executes_code: bool = False  # runs model-written programs: needs the explicit opt-in
     data: TaskData  # where its rows live and how they are parsed
+    eval_split: str = "test"  # the split scored (PIQA and WinoGrande: their validation set)
     reference: str = "reference solution"  # what fidelity teacher-forces (for the record)
 
     def validate(self, cfg: EvalConfig) -> None:

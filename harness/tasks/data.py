@@ -14,6 +14,7 @@ import json
 import os
 import random
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,7 +95,31 @@ def _read_split(task: TaskData, split: str) -> list[Example]:
         raise DataError(f"cannot read {path}: {_one_line(err)}; {fix}") from err
     if not examples:
         raise DataError(f"{path} holds no examples; {fix}")
-    return examples
+    labels = task.labels_path(split)
+    return examples if labels is None else _join_labels(task, examples, path, labels, fix)
+
+
+def _join_labels(task: TaskData, examples: list[Example], rows: Path, path: Path,
+                 fix: str) -> list[Example]:
+    """Line N of `path` is the label of row N: same count, each one of `task.label_values`."""
+    if not path.is_file():
+        raise DataError(f"{task.label} labels not found at {path} (they go with {rows}); "
+                        f"{task.missing_hint}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {_one_line(err)}; {fix}") from err
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        if line.strip() not in task.label_values:
+            raise DataError(f"{path}:{lineno}: label must be one of "
+                            f"{', '.join(task.label_values)}, got {line.strip()[:20]!r}; {fix}")
+    if len(lines) != len(examples):
+        raise DataError(f"{path} holds {len(lines)} labels for the {len(examples)} rows of "
+                        f"{rows}; {fix}")
+    return [replace(ex, label=task.label_values.index(line.strip()))
+            for ex, line in zip(examples, lines, strict=True)]
 
 
 _fetch_tried: set[str] = set()  # tasks auto-fetched in this process: try the network only once
@@ -135,7 +160,7 @@ def doc_indices(task: str, limit: int | None, sample_seed: int | None) -> list[i
     `sample_seed` (sorted, so the order is still file order)."""
     if limit is None:
         return None
-    n = len(load_task(task, "test"))
+    n = len(load_task(task, TASKS.get(task).eval_split))
     if sample_seed is None:
         return list(range(min(limit, n)))
     return sorted(random.Random(sample_seed).sample(range(n), min(limit, n)))

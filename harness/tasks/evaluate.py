@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,11 @@ def _validate_from_samples(cfg: EvalConfig) -> None:
     TASKS.get(cfg.tasks[0]).validate(cfg)
 
 
+def for_task(cfg: EvalConfig, task: str) -> EvalConfig:
+    """The config a task runs under: its own limit where `task_limits` names one."""
+    return replace(cfg, limit=cfg.task_limits.get(task, cfg.limit))
+
+
 def samples_path(json_path: Path, task: str, kind: str = "samples") -> Path:
     return json_path.with_name(f"{json_path.stem}.{task}.{kind}.jsonl")
 
@@ -93,7 +98,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                                     "device": cfg.device, "flush_denormal": True}}
     for task in cfg.tasks:
         t0 = time.perf_counter()
-        entry = TASKS.get(task).evaluate(lm, cfg)
+        entry = TASKS.get(task).evaluate(lm, for_task(cfg, task))
         entry["wall_s"] = round(time.perf_counter() - t0, 2)
         records = entry.pop("records")
         if cfg.json_path:
@@ -101,7 +106,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         if teacher is not None:
             t1 = time.perf_counter()
             fid = evaluate_fidelity(lm, teacher, task, FidelitySettings(
-                cfg.chat, cfg.limit, cfg.sample_seed, cfg.batch_size, cfg.gamma,
+                cfg.chat, for_task(cfg, task).limit, cfg.sample_seed, cfg.batch_size, cfg.gamma,
                 cfg.spec_tokens))
             fid["wall_s"] = round(time.perf_counter() - t1, 2)
             fid_records = fid.pop("records")

@@ -9,6 +9,7 @@ lm-eval's metrics and samples (`metrics`, `fill_record`) and how its 0-shot prom
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -47,6 +48,10 @@ class LmEvalSettings:
 
 class LmEvalTask(Task):
     yaml_stem: str  # harness/tasks/<stem>.yaml (few-shot) and <stem>_chat.yaml (0-shot chat)
+    has_chat = True  # False: no chat variant; the task is scored on plain text whatever --chat
+    # True: lm-eval reads the parsed rows (`as_doc`, written beside the rendered YAML), not the
+    # file: for data joined from two files (PIQA's labels) or fields a prompt must never see
+    materialize = False
 
     def metrics(self, raw: dict[str, Any]) -> dict[str, float]:
         """The task's metrics from lm-eval's results row (the headline among them)."""
@@ -74,7 +79,7 @@ class LmEvalTask(Task):
             cfg.max_gen_toks))
 
     def docs(self, limit: int | None, sample_seed: int | None) -> list[dict]:
-        examples = load_task(self.name, "test")
+        examples = load_task(self.name, self.eval_split)
         idx = doc_indices(self.name, limit, sample_seed)
         return [self.as_doc(examples[i]) for i in (idx if idx is not None
                                                     else range(len(examples)))]
@@ -85,7 +90,7 @@ class LmEvalTask(Task):
 
     def reference_pairs(self, tokenizer, docs: list[dict],
                         chat: bool) -> list[tuple[str, str]]:
-        if not chat:
+        if not (chat and self.has_chat):
             return [self.plain_pair(doc) for doc in docs]
         template = jinja2.Template(_task_yaml(task_file(self.name, True))["doc_to_text"])
         return [(render_prompt(tokenizer, template.render(**doc), True),
@@ -101,7 +106,28 @@ def lm_eval_task(name: str) -> LmEvalTask:
 
 
 def task_file(task: str, chat: bool) -> str:
-    return f"{lm_eval_task(task).yaml_stem}{'_chat' if chat else ''}.yaml"
+    spec = lm_eval_task(task)
+    return f"{spec.yaml_stem}{'_chat' if chat and spec.has_chat else ''}.yaml"
+
+
+class LikelihoodTask(LmEvalTask):
+    """A zero-shot log-likelihood task (multiple choice or last word), as hybrid-distillation
+    papers report them: no chat template, no few-shot, no generation. Each record says which
+    choice won and whether it was right."""
+    has_chat = False
+
+    def validate(self, cfg) -> None:
+        if cfg.fewshot:
+            raise UserError(f"{self.label} is scored 0-shot here; drop --fewshot or evaluate it "
+                            "apart")
+        super().validate(cfg)
+
+    def fill_record(self, rec: dict[str, Any], sample: dict[str, Any]) -> None:
+        rec["output"] = [float(r[0][0]) for r in sample["resps"]]  # log-likelihood per choice
+        rec["greedy"] = [bool(r[0][1]) for r in sample["resps"]]
+        if len(rec["output"]) > 1:
+            rec["choice"] = max(range(len(rec["output"])), key=rec["output"].__getitem__)
+        rec["correct"] = bool(sample["acc"])
 
 
 def _shipped(name: str) -> Path:
@@ -134,22 +160,28 @@ def render_task(task: str, chat: bool, dest: Path) -> str:
         files = (cfg.get("dataset_kwargs") or {}).get("data_files")
         if files:
             cfg["dataset_kwargs"]["data_files"] = {
-                split: str(_checked_data(task, split, rel)) for split, rel in files.items()}
+                split: str(_checked_data(task, split, rel, dest)) for split, rel in files.items()}
         (dest / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
         name = nxt
     return _task_yaml(task_file(task, chat))["task"]
 
 
-def _checked_data(task: str, split: str, rel: str) -> Path:
-    """The local file behind a data_files entry, strictly read once so bad rows fail here."""
+def _checked_data(task: str, split: str, rel: str, dest: Path) -> Path:
+    """The file lm-eval reads for a data_files entry: the local file, strictly read once so bad
+    rows fail here, or (a `materialize` task) its parsed rows written into `dest`."""
     path = task_path(task, split)
     if not str(path).endswith(rel):  # the YAML and the task's data must name the same file
         raise AssertionError(f"{rel} is not where {task}'s data reads {split} ({path})")
     try:
-        load_task(task, split)
+        examples = load_task(task, split)
     except DataError as e:
         raise DataError(f"{e} (see 'rad data check')") from None
-    return task_path(task, split)
+    spec = lm_eval_task(task)
+    if not spec.materialize:
+        return path
+    rows = dest / f"{task}-{split}.jsonl"
+    rows.write_text("".join(json.dumps(spec.as_doc(ex)) + "\n" for ex in examples))
+    return rows
 
 
 def run_lm_eval_task(lm: LoadedModel, task: str, s: LmEvalSettings,
@@ -160,13 +192,14 @@ def run_lm_eval_task(lm: LoadedModel, task: str, s: LmEvalSettings,
     if backend is None:
         backend = RadLM(loaded=lm, batch_size=s.batch_size, max_gen_toks=s.max_gen_toks)
     indices = doc_indices(task, s.limit, s.sample_seed)
+    chat = s.chat and spec.has_chat
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="rad-tasks-") as tmp:
         name = render_task(task, s.chat, Path(tmp))
         results = lm_eval.simple_evaluate(
             model=backend, tasks=[name], num_fewshot=s.fewshot,
             samples={name: indices} if indices is not None else None,
-            apply_chat_template=s.chat, fewshot_as_multiturn=s.chat,
+            apply_chat_template=chat, fewshot_as_multiturn=chat,
             task_manager=TaskManager(include_path=tmp, include_defaults=False),
             log_samples=True, bootstrap_iters=1000, **DEFAULT_SEEDS)
     # Under torchrun our backend shards the batches and every rank holds every answer, but
@@ -180,11 +213,11 @@ def run_lm_eval_task(lm: LoadedModel, task: str, s: LmEvalSettings,
         "metrics": spec.metrics(raw),
         "n": len(records),
         "lm_eval_results": raw,
-        "settings": {"num_fewshot": config.get("num_fewshot"), "chat": s.chat,
+        "settings": {"num_fewshot": config.get("num_fewshot"), "chat": chat,
                      "limit": s.limit, "sample_seed": s.sample_seed,
                      "doc_indices": indices, "batch_size": s.batch_size,
                      "max_gen_toks": s.max_gen_toks, "decoding": "greedy",
-                     "until": config.get("generation_kwargs", {}).get("until"),
+                     "until": (config.get("generation_kwargs") or {}).get("until"),
                      "lm_eval_version": version("lm_eval"), **DEFAULT_SEEDS},
         "records": records,
     }

@@ -31,7 +31,8 @@ from harness.tasks.sandbox.isolation import CGROUP_ROOTS, remove_cgroup
 from rad.runtime.distributed import current_world
 
 ALLOW_ENV = "RAD_ALLOW_CODE_EXECUTION"
-OPT_IN_ERROR = ("HumanEval executes model-written code; pass --allow-code-execution or set "
+OPT_IN_ERROR = ("HumanEval and CRUXEval-I execute code on model output (a program, or the "
+                "dataset's function on model-chosen arguments); pass --allow-code-execution or set "
                 f"{ALLOW_ENV}=1 to allow it (see README, 'Code execution')")
 LAUNCHER = Path(__file__).with_name("launch.py")  # run by path: it imports nothing of ours
 LAUNCH_SLACK_S = 20.0  # on top of the program's timeout: interpreter starts, setup, clean-up

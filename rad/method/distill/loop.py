@@ -120,6 +120,25 @@ def heldout_kl(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
     return total / count
 
 
+@torch.no_grad()
+def heldout_kl_rows(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
+                    batch_size: int = 8) -> list[float]:
+    """Per held-out sequence, its mean per-token KL(teacher || model): the paired unit when two
+    models are compared on the same rows (their mean is `heldout_kl`, rows being equally long)."""
+    was_training = model.training
+    model.eval()
+    rows: list[float] = []
+    for start in range(0, ids.shape[0], batch_size):
+        batch = ids[start:start + batch_size].to(model.device)
+        logits = model(batch)
+        mask = torch.ones(batch.shape[1:], dtype=torch.bool, device=model.device)[None]
+        for j in range(batch.shape[0]):
+            rows.append(float(bucket_kl(logits[j:j + 1], targets[start + j:start + j + 1]
+                                        .to(model.device), mask)))
+    model.train(was_training)
+    return rows
+
+
 # -- the loop --------------------------------------------------------------------------------
 
 def _atomic_torch_save(obj, path: Path) -> None:
