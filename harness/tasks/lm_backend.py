@@ -163,25 +163,96 @@ def score_continuations(
     progress: tqdm | None = None,
 ) -> list[tuple[float, bool]]:
     """(sum of log-probabilities, whether greedy decoding reproduces it) per pair; under
-    torchrun the batches go round-robin over the ranks (same batches, same numbers)."""
-    fulls, n_cont, groups = _continuation_groups(pairs, batch_size, MAX_LOGIT_TOKENS,
-                                                  max_length)
+    torchrun the batches go round-robin over the ranks (same batches, same numbers).
+
+    Pairs with the same context (a multiple-choice question's choices) share it: each context
+    is prefilled once, its cache row copied for each of its continuations, and only the
+    continuations run after it. `batch_size` bounds the continuation rows of a batch."""
+    contexts, conts, groups = _shared_context_groups(pairs, batch_size, max_length)
 
     def one(b: int) -> list[tuple[int, tuple[float, bool]]]:
         scored = []
-        for i, logits in _group_logits(model, fulls, n_cont, groups[b], pad_id):
-            cont = torch.tensor(pairs[i][1][len(pairs[i][1]) - logits.shape[0]:])
+        for i, logits in _shared_context_logits(model, contexts, conts, groups[b], pad_id):
+            cont = torch.tensor(conts[i])
             logp = F.log_softmax(logits.float(), -1)
             total = float(logp.gather(-1, cont[:, None]).sum())
             scored.append((i, (total, bool((logits.argmax(-1) == cont).all()))))
         if progress is not None:
-            progress.update(len(groups[b]))
+            progress.update(sum(len(members) for _, members in groups[b]))
         return scored
 
     out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
     for part in current_world().map_batches(one, len(groups)):
         for i, answer in part:
             out[i] = answer
+    return out
+
+
+def _shared_context_groups(pairs, batch_size: int, max_length: int):
+    """(context per pair, continuation per pair, batches): each batch a list of (context,
+    indices of the pairs continuing it), longest first. The sequence is left-truncated to
+    `max_length` + 1 tokens (the context loses its start)."""
+    contexts, conts = [], []
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(pairs):
+        if not ctx:
+            raise ValueError("context must hold at least one token")
+        full = (list(ctx) + list(cont))[-(max_length + 1):]
+        n = min(len(cont), len(full) - 1)
+        contexts.append(tuple(full[:len(full) - n]))
+        conts.append(full[len(full) - n:])
+        by_context.setdefault(contexts[-1], []).append(i)
+    # Longest continuations first: they set the padded width of a batch's second call.
+    order = sorted(by_context, key=lambda c: (-max(len(conts[i]) for i in by_context[c]),
+                                              -len(c)))
+    groups, group, rows, k = [], [], 0, 1
+    for ctx in order:
+        members = by_context[ctx]
+        k2 = max(k, *(len(conts[i]) for i in members))
+        if group and (rows + len(members) > batch_size
+                      or k2 * (rows + len(members)) > MAX_LOGIT_TOKENS):
+            groups.append(group)
+            group, rows, k2 = [], 0, max(1, *(len(conts[i]) for i in members))
+        group.append((ctx, members))
+        rows, k = rows + len(members), k2
+    if group:
+        groups.append(group)
+    return contexts, conts, groups
+
+
+def _shared_context_logits(model: Decoder, contexts, conts, group,
+                           pad_id: int) -> list[tuple[int, torch.Tensor]]:
+    """(pair index, (n, V) logits predicting its n continuation tokens) for one batch.
+
+    The contexts are prefilled left-padded (their last position predicts every continuation's
+    first token); each continuation row then starts from a copy of its context's cache row and
+    runs its tokens but the last, right-padded (padding after a row's real tokens changes none
+    of its logits)."""
+    ids, mask = left_pad([ctx for ctx, _ in group], pad_id)
+    members = [(g, i) for g, (_, idx) in enumerate(group) for i in idx]
+    k = max(len(conts[i]) for _, i in members)
+    with torch.inference_mode():
+        cache: InferenceCache = model.allocate_cache(len(group), ids.shape[1] + max(k - 1, 0))
+        first = prefill(model, ids, mask, cache)  # (C, V)
+        rest = None
+        if k > 1:
+            tails = torch.full((len(members), k - 1), pad_id, dtype=torch.long)
+            tail_mask = torch.zeros_like(tails)
+            for r, (_, i) in enumerate(members):
+                n = len(conts[i]) - 1
+                if n > 0:
+                    tails[r, :n] = torch.tensor(conts[i][:-1])
+                    tail_mask[r, :n] = 1
+            rows = cache.select_rows(torch.tensor([g for g, _ in members]))
+            rest = model(tails, tail_mask, cache=rows)  # (R, k - 1, V)
+    out = []
+    for r, (g, i) in enumerate(members):
+        n = len(conts[i])
+        if n == 0:
+            out.append((i, first[g][None][:0]))
+            continue
+        parts = [first[g][None]] + ([rest[r, :n - 1]] if n > 1 else [])
+        out.append((i, torch.cat(parts)))
     return out
 
 

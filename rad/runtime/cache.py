@@ -24,6 +24,9 @@ class KVState:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
 
+    def select_rows(self, rows: torch.Tensor) -> KVState:
+        return KVState(self.k[rows], self.v[rows])
+
 
 @dataclass
 class InferenceCache:
@@ -66,6 +69,12 @@ class InferenceCache:
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self.states)
+
+    def select_rows(self, rows: torch.Tensor) -> InferenceCache:
+        """A new cache whose row i is a copy of row rows[i] (rows may repeat): one prefix
+        prefilled once, then continued several ways (multiple-choice scoring)."""
+        return InferenceCache([s.select_rows(rows) for s in self.states], self.key_valid[rows],
+                              self.n_valid[rows], self.length)
 
 
 def replicate(src: InferenceCache, dst: InferenceCache) -> None:

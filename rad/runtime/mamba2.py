@@ -145,6 +145,10 @@ class Mamba2State:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.conv, self.ssm))
 
+    def select_rows(self, rows: torch.Tensor) -> Mamba2State:
+        """Row i of the result is row rows[i]; it starts without roll-back snapshots."""
+        return Mamba2State(self.conv[rows], self.ssm[rows], length=self.length)
+
 
 # -- the mixer ------------------------------------------------------------------------------
 
