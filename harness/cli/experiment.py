@@ -31,8 +31,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
                     help="run folder (default results/<profile>; large artefacts go to "
                     "OUT/steps, which git ignores)")
     rp.add_argument("--allow-code-execution", action="store_true",
-                    help="allow HumanEval to execute model-written code (or "
-                    "RAD_ALLOW_CODE_EXECUTION=1); needed when the profile evaluates HumanEval")
+                    help="allow HumanEval to execute model-written code and CRUXEval-I to run "
+                    "its functions on model-chosen arguments (or RAD_ALLOW_CODE_EXECUTION=1); "
+                    "needed when the profile evaluates either")
     rp.add_argument("--dry-run", action="store_true",
                     help="list every step with its estimated peak memory and time per GPU "
                     "(from the models' config.json files; needs neither a GPU nor the "

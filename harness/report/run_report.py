@@ -9,6 +9,7 @@ temporary sibling and renamed into place: a crash mid-write leaves the previous 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from harness.common.errors import UserError
@@ -16,7 +17,7 @@ from harness.common.files import atomic_write_text, check_output_file, read_json
 from harness.common.provenance import provenance
 from harness.report.plots import plot_kl_curves, plot_pareto, plot_redundancy
 from harness.report.schema import CELLS_DIR, RUN_FILE, SCHEMA, cell_name
-from harness.report.stats import mean_std
+from harness.report.stats import mean_std, suite
 from harness.report.tables import columns, leaderboard_csv, leaderboard_markdown
 from harness.report.verdict import verdict
 
@@ -37,9 +38,12 @@ def collect(run: Path) -> dict:
     cells = [by_name[n] for n in info["cells"] if n in by_name]
     if not cells:
         raise UserError(f"{run} has no finished cells yet; run 'rad reproduce' first")
+    tasks = info["tasks"]
     for c in cells:
         c["metrics"]["state_mib"] = c["metrics"]["state_bytes"] / 2**20
-    tasks = info["tasks"]
+        if suite(tasks):
+            c["metrics"]["likelihood_avg"] = statistics.fmean(c["metrics"][t]
+                                                              for t in suite(tasks))
     reference = {m for m, facts in info["methods"].items() if facts["reference"]}
     board = []
     for method in dict.fromkeys(c["method"] for c in cells):

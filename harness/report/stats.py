@@ -7,6 +7,14 @@ import math
 import statistics
 
 CONVERGENCE_REFERENCE = "plain-distill"  # the paper's "faster convergence" is measured against it
+# The zero-shot likelihood suite whose average hybrid-distillation papers report (MambaInLlama,
+# LoLCATs, Llamba): a leaderboard column and a pooled verdict claim when a run has all three.
+LIKELIHOOD_SUITE = ("piqa", "winogrande", "lambada_openai")
+
+
+def suite(tasks: dict) -> list[str]:
+    """The likelihood suite's tasks if this run evaluated all of them, else none."""
+    return list(LIKELIHOOD_SUITE) if all(t in tasks for t in LIKELIHOOD_SUITE) else []
 
 
 def mean_std(values: list[float]) -> dict:

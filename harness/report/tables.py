@@ -11,6 +11,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from harness.report.paired import MIN_BOOTSTRAP_CLUSTERS
+from harness.report.stats import suite
+
 
 @dataclass(frozen=True)
 class Column:
@@ -23,6 +26,8 @@ class Column:
 def columns(tasks: dict[str, dict]) -> list[Column]:
     """tasks: name -> facts (label, headline, higher_is_better), as run.json records them."""
     return [*(Column(t, f["label"], f["higher_is_better"], "{:.3f}") for t, f in tasks.items()),
+            *([Column("likelihood_avg", "likelihood avg", True, "{:.3f}")] if suite(tasks)
+              else []),
             Column("heldout_kl", "held-out KL", False, "{:.4f}"),
             Column("decode_tok_s", "decode tok/s", True, "{:.1f}"),
             Column("speedup", "speedup vs teacher", True, "{:.2f}x"),
@@ -79,10 +84,14 @@ def leaderboard_markdown(result: dict) -> str:
         "- Each cell is the mean ± sample std over seeds (training seed: init, data order and, "
         "for random-swap, the layers; for rad, the Bayesian search too: it runs per seed). "
         "Bold: best method (the teacher row is the reference, not a contender).",
-        f"- Accuracy: {headlines}, on "
-        f"{e['limit']} problems per task ({'0-shot chat' if e['chat'] else 'few-shot'}, "
-        f"greedy, at most {e['max_gen_toks']} new tokens): one problem is "
-        f"{1 / e['limit']:.2f} of accuracy.",
+        f"- Accuracy: {headlines}; problems per task: "
+        + ", ".join(f"{f['label']} {(e.get('limits') or {}).get(t, e['limit'])}"
+                    for t, f in tasks.items())
+        + f". Generated answers are greedy, at most {e['max_gen_toks']} new tokens, "
+        f"{'0-shot in the chat template' if e['chat'] else 'few-shot'}"
+        + (f"; the likelihood tasks ({', '.join(tasks[t]['label'] for t in suite(tasks))}) are "
+           "0-shot log-likelihood scoring without a template, and `likelihood avg` is their "
+           "mean per cell" if suite(tasks) else "") + ".",
         f"- Held-out KL: KL(teacher ‖ model) per token on {d['n_heldout']} held-out sequences "
         f"of {d['seq_len']} tokens after {d['steps']} optimiser steps of {d['batch_size']} x "
         f"{d['grad_accum']} sequences (the same budget for every method); the teacher's is 0.",
@@ -93,13 +102,7 @@ def leaderboard_markdown(result: dict) -> str:
         "base-model timings over the other cells. State MiB: KV cache + SSM state for that "
         "batch and context. Train wall s: training time of the cell on this machine.",
         "", "## Verdict (per claim of the paper)", "",
-        "| claim | status | evidence |", "|---|---|---|"]
-    lines += [f"| {v['claim']} | {v['status']} | {v.get('detail', '')} |"
-              for v in result["verdict"]]
-    lines += [
-        "", "Reproduced = in the claimed direction by more than two seed-to-seed standard "
-        "deviations (pooled; for accuracy at least the binomial standard error); direction only "
-        "= the right sign, inside that noise.", "",
+        *verdict_markdown(result["verdict"]), "",
         "## Plots", "",
         "![accuracy and held-out KL vs decode speedup](pareto.png)", "",
         "![held-out KL vs training steps](convergence.png)", ""]
@@ -114,6 +117,53 @@ def leaderboard_markdown(result: dict) -> str:
               "per-cell commits, package versions, threads and step wall times are in "
               "results.json (`cells`)."]
     return "\n".join(lines) + "\n"
+
+
+def verdict_markdown(rows: list[dict]) -> list[str]:
+    """Paired claims as a table of their numbers, the seed-level claims (no per-item measure)
+    beneath with their evidence, and how to read both."""
+    paired = [v for v in rows if v.get("paired")]
+    other = [v for v in rows if not v.get("paired")]
+    lines = []
+    if paired:
+        m = len(paired)
+        level = paired[0]["ci_level"]
+        lines += [
+            "| claim | status | effect (rad - other) | 95% CI | "
+            f"{100 * level:.2f}% CI | p | p (Holm) | MDE | items x seeds |",
+            "|---|---|---:|---|---|---:|---:|---:|---:|"]
+        for v in paired:
+            f = "{:+.3f}" if v["binary"] else "{:+.4f}"
+            ci95, ci = (f"[{f.format(c[0])}, {f.format(c[1])}]" for c in (v["ci95"], v["ci"]))
+            seeds = v["n_pairs"] // max(v["n_items"], 1)
+            lines.append(
+                f"| {v['claim']} | {v['status']} | {f.format(v['effect'])} {v['metric']} "
+                f"({'higher' if v['direction'] > 0 else 'lower'} is better) | {ci95} | {ci} | "
+                f"{v['p']:.3g} | {v['p_holm']:.3g} | {f.format(v['mde']).lstrip('+')} | "
+                f"{v['n_items']} x {seeds} |")
+        lines += [
+            "",
+            f"Paired: both sides on the same items (held-out rows for KL, problems for "
+            f"accuracy); rad's seeds face the other method's same seeds (a one-cell method "
+            f"faces every rad seed). Effect = mean over item x seed pairs. CIs: paired "
+            f"bootstrap resampling items (Student t over items below "
+            f"{MIN_BOOTSTRAP_CLUSTERS} items, e.g. the held-out rows). p: McNemar's exact test "
+            f"on the discordant pairs (accuracy), an exact sign-flip test on per-item "
+            f"differences (KL). {m} paired claims: each decision uses the Bonferroni "
+            f"{100 * level:.2f}% CI (family-wise error <= 5%), p is also shown "
+            f"Holm-adjusted. Reproduced = that CI excludes 0 in the claimed direction; "
+            f"contradicted = it excludes 0 the other way; otherwise the sign of the effect "
+            f"is all there is. MDE: the smallest effect detected with 80% power at that "
+            f"level and n.", ""]
+    if other:
+        lines += ["| claim | status | evidence |", "|---|---|---|"]
+        lines += [f"| {v['claim']} | {v['status']} | {v.get('detail', '')} |" for v in other]
+        lines += ["", "Seed-level claims (no per-item measure, or results without per-item "
+                  "records): reproduced = in the claimed direction by more than two "
+                  "seed-to-seed standard deviations (pooled; for accuracy at least the "
+                  "binomial standard error); direction only = the right sign, inside that "
+                  "noise.", ""]
+    return lines
 
 
 def leaderboard_csv(result: dict) -> str:

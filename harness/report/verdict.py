@@ -1,12 +1,18 @@
-"""The verdict: one line per claim of the paper, each a comparison of two leaderboard rows (or
-curves) with its status. Claims name the methods they are about; everything else comes from
-the results JSON."""
+"""The verdict: one line per claim of the paper, each with its status. Claims name the methods
+they are about; everything else comes from the results JSON.
+
+Claims measured on the same items by both sides (held-out KL per row, accuracy per problem)
+are tested paired (`harness.report.paired`): effect, 95% and Bonferroni-corrected CIs, p-value,
+MDE. The search's own objective and the convergence speed have no per-item measure and keep
+their seed-level comparisons. A results.json written before per-item records existed is
+judged as it was then (means against seed spreads)."""
 
 from __future__ import annotations
 
 import math
 import statistics
 
+from harness.report.paired import ALPHA, compare_paired, holm, paired_values
 from harness.report.schema import method_of
 from harness.report.stats import (
     CONVERGENCE_REFERENCE,
@@ -14,7 +20,12 @@ from harness.report.stats import (
     compare,
     first_reaching,
     mean_std,
+    suite,
 )
+
+SELECTION_BASELINES = (("random-swap", "random layers"), ("uniform-swap", "uniform layers"),
+                       ("profile-top-k", "the profile's top-k layers"),
+                       ("kl-guided", "KL-guided selection"))
 
 
 def _row(result: dict, method: str) -> dict | None:
@@ -23,10 +34,21 @@ def _row(result: dict, method: str) -> dict | None:
 
 def verdict(result: dict) -> list[dict]:
     tasks = result["tasks"]
-    out = []
     rad = _row(result, "rad")
     if rad is None:
         return [{"claim": "all", "status": "not tested", "detail": "no rad row"}]
+    claims = _paired_claims(result)
+    if not any(c.get("paired") for c in claims):  # a results.json without per-item records
+        return [*_unpaired_kl_claims(result, rad), *_search_claims(
+            result.get("selections") or []), _convergence_claim(result),
+            *_unpaired_accuracy_claims(result, rad, tasks)]
+    return [*(c for c in claims if c["kind"] == "kl"),
+            *_search_claims(result.get("selections") or []), _convergence_claim(result),
+            *(c for c in claims if c["kind"] != "kl")]
+
+
+def _unpaired_kl_claims(result: dict, rad: dict) -> list[dict]:
+    out = []
     m = rad["metrics"]
 
     def kl_claim(claim: str, other: str) -> None:
@@ -41,27 +63,99 @@ def verdict(result: dict) -> list[dict]:
                     f"{row['metrics']['heldout_kl']['mean']:.4f} (lower is better): margin "
                     f"{c['margin']:.4f}, seed spread {c['spread']:.4f}"})
 
-    for other, name in (("random-swap", "random layers"), ("uniform-swap", "uniform layers"),
-                        ("profile-top-k", "the profile's top-k layers"),
-                        ("kl-guided", "KL-guided selection")):
+    for other, name in SELECTION_BASELINES:
         if _row(result, other) is not None or other in ("random-swap", "uniform-swap"):
             kl_claim(f"selection beats {name} (same init and training)", other)
-    out.extend(_search_claims(result.get("selections") or []))
     kl_claim("RAD beats plain distillation at equal budget", CONVERGENCE_REFERENCE)
-    out.append(_convergence_claim(result))
-    teacher = next((r for r in result["leaderboard"] if r["reference"]), None)
+    return out
+
+
+def _paired_claims(result: dict) -> list[dict]:
+    """Every claim measured on the same items by both sides, tested paired; the CIs are
+    Bonferroni-corrected for the number of such claims, the p-values Holm-adjusted."""
+    tasks = result["tasks"]
     self_distill = result["config"].get("teacher") in (None, result["config"]["model"])
+    hybrid = "self-distilled" if self_distill else "distilled"
+    specs = []  # (kind, claim, other method, item keys, direction, binary, metric label)
+    for other, name in SELECTION_BASELINES:
+        specs.append(("kl", f"selection beats {name} (same init and training)", other,
+                      ["heldout_kl"], -1, False, "held-out KL"))
+    specs.append(("kl", "RAD beats plain distillation at equal budget", CONVERGENCE_REFERENCE,
+                  ["heldout_kl"], -1, False, "held-out KL"))
+    teacher = next((r["method"] for r in result["leaderboard"] if r["reference"]), None)
+    likelihood = suite(tasks)
+    if likelihood:
+        label = "likelihood suite (" + ", ".join(tasks[t]["label"] for t in likelihood) + ")"
+        for other, name in (*SELECTION_BASELINES,
+                            (CONVERGENCE_REFERENCE, "plain distillation")):
+            claim = (f"selection beats {name} on the {label}" if other != CONVERGENCE_REFERENCE
+                     else f"RAD beats plain distillation on the {label}")
+            specs.append(("accuracy", claim, other, likelihood, 1, True, "accuracy"))
     if teacher is not None:
-        n = min(c["metrics"]["eval_n"] for c in result["cells"])
         for t in tasks:
-            a, b = m[t], teacher["metrics"][t]
-            c = compare(a, b, tasks[t]["higher_is_better"],
-                        floor=binomial_se(b["mean"], n) * math.sqrt(2))
-            out.append({"claim": ("self-distilled" if self_distill else "distilled")
-                        + f" hybrid surpasses the base model on {tasks[t]['label']}",
-                        "status": c["status"], **c,
-                        "detail": f"rad {a['mean']:.3f} vs base {b['mean']:.3f} on {n} problems"
-                        f" (spread includes the binomial standard error, {c['spread']:.3f})"})
+            specs.append(("accuracy", f"{hybrid} hybrid surpasses the base model on "
+                          f"{tasks[t]['label']}", teacher, [t],
+                          1 if tasks[t]["higher_is_better"] else -1, True,
+                          tasks[t]["headline"]))
+        if likelihood:
+            specs.append(("accuracy", f"{hybrid} hybrid surpasses the base model on the "
+                          f"{label}", teacher, likelihood, 1, True, "accuracy"))
+    mine = [c for c in result["cells"] if c["method"] == "rad"]
+    pairs = {}
+    out = []
+    for kind, claim, other, keys, direction, binary, metric in specs:
+        theirs = [c for c in result["cells"] if c["method"] == other]
+        field = "correct" if binary else "values"
+        pairs[claim] = [p for k in keys for p in paired_values(mine, theirs, k, field)]
+        out.append({"claim": claim, "kind": kind, "metric": metric, "other": other,
+                    "direction": direction, "binary": binary})
+    tested = [c for c in out if len({k for k, _, _ in pairs[c["claim"]]}) >= 2]
+    level = 1 - ALPHA / max(len(tested), 1)
+    for c in out:
+        if c not in tested:
+            c.update(status="not tested", detail=f"fewer than 2 items with records for both "
+                     f"rad and {c['other']} (results written before paired statistics, or no "
+                     f"{c['other']} row)")
+            continue
+        c.update(paired=True, **compare_paired(pairs[c["claim"]], c["direction"], level,
+                                               c["binary"]))
+    for c, p in zip(tested, holm([c["p"] for c in tested]), strict=True):
+        c["p_holm"] = p
+        c["detail"] = _detail(c, len(tested))
+    return out
+
+
+def _detail(c: dict, m: int) -> str:
+    better = "higher" if c["direction"] > 0 else "lower"
+    lo, hi = c["ci"]
+    lo95, hi95 = c["ci95"]
+    fmt = "{:+.3f}" if c["binary"] else "{:+.4f}"
+    return (f"rad - {c['other']} = {fmt.format(c['effect'])} {c['metric']} ({better} is "
+            f"better); 95% CI [{fmt.format(lo95)}, {fmt.format(hi95)}], "
+            f"{100 * c['ci_level']:.2f}% CI (Bonferroni, {m} claims) "
+            f"[{fmt.format(lo)}, {fmt.format(hi)}]; {c['test']} p = {c['p']:.3g} "
+            f"(Holm {c['p_holm']:.3g}); MDE {abs(float(fmt.format(c['mde']))):g} at "
+            f"{c['n_items']} items x seeds = {c['n_pairs']} pairs")
+
+
+def _unpaired_accuracy_claims(result: dict, rad: dict, tasks: dict) -> list[dict]:
+    """Older results (no per-item records): rad against the base model, mean against mean."""
+    out = []
+    m = rad["metrics"]
+    teacher = next((r for r in result["leaderboard"] if r["reference"]), None)
+    if teacher is None:
+        return out
+    n = min(c["metrics"]["eval_n"] for c in result["cells"])
+    self_distill = result["config"].get("teacher") in (None, result["config"]["model"])
+    for t in tasks:
+        a, b = m[t], teacher["metrics"][t]
+        c = compare(a, b, tasks[t]["higher_is_better"],
+                    floor=binomial_se(b["mean"], n) * math.sqrt(2))
+        out.append({"claim": ("self-distilled" if self_distill else "distilled")
+                    + f" hybrid surpasses the base model on {tasks[t]['label']}",
+                    "status": c["status"], **c,
+                    "detail": f"rad {a['mean']:.3f} vs base {b['mean']:.3f} on {n} problems"
+                    f" (spread includes the binomial standard error, {c['spread']:.3f})"})
     return out
 
 
