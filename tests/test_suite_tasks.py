@@ -3,6 +3,7 @@ built-in definitions on local rows, CRUXEval-O / -I, on tiny-random and on real 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 from itertools import islice
@@ -14,6 +15,7 @@ from test_eval import SHARED_DATA
 
 from harness.cli import main
 from harness.common.errors import DataError, UserError
+from harness.experiment.config import config_from_dict, load_config
 from harness.models import load_model
 from harness.tasks import cruxeval
 from harness.tasks.base import TASKS
@@ -116,21 +118,13 @@ def test_malformed_rows_name_file_and_line(rows: Path, task, rel, row, problem):
     assert f"{path}:4: " in _one_line(err) and problem in str(err.value)
 
 
-def test_real_rows_load_in_full():
+def test_real_rows_load_in_full(monkeypatch: pytest.MonkeyPatch):
     if not (SHARED_DATA / "piqa" / "valid.jsonl").is_file():
         pytest.skip("no shared data")
+    monkeypatch.setenv("RAD_DATA_DIR", str(SHARED_DATA))
     counts = {"piqa": 1838, "winogrande": 1267, "lambada_openai": 5153, "cruxeval": 800}
-    import os
-    old = os.environ.get("RAD_DATA_DIR")
-    os.environ["RAD_DATA_DIR"] = str(SHARED_DATA)
-    try:
-        for task, n in counts.items():
-            assert len(load_task(task, TASKS.get(task).eval_split)) == n
-    finally:
-        if old is None:
-            os.environ.pop("RAD_DATA_DIR")
-        else:
-            os.environ["RAD_DATA_DIR"] = old
+    for task, n in counts.items():
+        assert len(load_task(task, TASKS.get(task).eval_split)) == n
 
 
 # -- the likelihood tasks through lm-eval ------------------------------------------------------
@@ -300,3 +294,24 @@ def test_module_has_no_exec_of_model_text():
     """CRUXEval-O's scorer only parses: no eval/exec/compile anywhere in the module."""
     src = Path(cruxeval.__file__).read_text()
     assert "eval(" not in src.replace("literal_eval(", "") and "exec(" not in src
+
+
+# -- the cpu profile's sizes ----------------------------------------------------------------------
+def test_cpu_profile_is_sized_for_power():
+    """Issue 15's floor: every likelihood task on >= 500 items, CRUXEval-O on >= 200, the
+    paper's generation tasks kept."""
+    e = load_config("cpu").eval
+    n = {t: e.limits.get(t, e.limit) for t in e.tasks}
+    assert all(n[t] >= 500 for t in ("piqa", "winogrande", "lambada_openai"))
+    assert n["cruxeval"] >= 200
+    assert {"gsm8k", "math500", "humaneval"} <= set(e.tasks)
+
+
+def test_per_task_limits_are_validated():
+    cfg = dataclasses.asdict(load_config("smoke"))
+    cfg["eval"]["limits"] = {"piqa": 0}
+    with pytest.raises(UserError, match="eval.limits.piqa must be >= 1"):
+        config_from_dict(cfg)
+    cfg["eval"]["limits"] = {"hellaswag": 5}
+    with pytest.raises(UserError, match="not in eval.tasks"):
+        config_from_dict(cfg)
