@@ -26,13 +26,17 @@ import torch
 from harness.common.errors import UserError
 from harness.experiment.config import ExperimentConfig
 from harness.models import parse_dtype, resolve_model_folder
+from harness.tasks.base import TASKS
 from rad.method.recipes import get_recipe
 from rad.runtime.config import ModelConfig
 from rad.runtime.mamba2 import Mamba2, Mamba2Sizes
 from rad.runtime.model import Decoder
 
 MODEL_CONFIGS = Path(__file__).with_name("model_configs")  # hub ids -> shipped config.json
-FULL_TEST_SETS = {"gsm8k": 1319, "math500": 500, "humaneval": 164}  # limit: null
+FULL_TEST_SETS = {"gsm8k": 1319, "math500": 500, "humaneval": 164, "cruxeval": 800,
+                  "cruxeval_i": 800, "piqa": 1838, "winogrande": 1267,
+                  "lambada_openai": 5153}  # limit: null
+LIKELIHOOD_TOKENS = 128  # per item of a likelihood task: ~2 choices x 64 tokens, one forward
 PROMPT_TOKENS = 256  # a 0-shot chat prompt, for the state held while answering
 GB = 1e9
 
@@ -133,7 +137,9 @@ def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu(), ranks: int = 8) -> list[Step]:
              flops_seconds(2 * n_teacher * (d.n_train + d.n_heldout) * d.seq_len, gpu), True),
     ]
     tokens = d.steps * d.batch_size * d.grad_accum * d.seq_len
-    n_tasks = {t: e.limit or FULL_TEST_SETS.get(t, 500) for t in e.tasks}
+    n_tasks = {t: e.limits.get(t, e.limit) or FULL_TEST_SETS.get(t, 500) for t in e.tasks}
+    generated = {t: v for t, v in n_tasks.items() if TASKS.get(t).generates}
+    scored = sum(v for t, v in n_tasks.items() if not TASKS.get(t).generates)
     for method in cfg.methods:
         recipe = get_recipe(method)
         k = 0 if not recipe.trains else student_cfg.n_layers \
@@ -143,7 +149,7 @@ def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu(), ranks: int = 8) -> list[Step]:
         trained = n if recipe.trainable == "all" else sum(  # ssm-only: the new mixers
             p.numel() for blk in model.layers if isinstance(blk.mixer, Mamba2)
             for p in blk.mixer.parameters())
-        for seed in cfg.seeds[:1] if not recipe.trains else cfg.seeds:
+        for seed in cfg.seeds[:1] if not recipe.trains else cfg.seeds_for(method):
             # (an untrained row's evaluation and bench have one step key for every seed)
             cell = f"{method}-s{seed}"
             if recipe.trains:
@@ -156,12 +162,16 @@ def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu(), ranks: int = 8) -> list[Step]:
                                   "trained", (shardable + rest) / GB, flops_seconds(flops, gpu),
                                   True, fsdp))
             ctx = PROMPT_TOKENS + e.max_gen_toks
-            batches = sum(math.ceil(v / e.batch_size) for v in n_tasks.values())
+            batches = sum(math.ceil(v / e.batch_size) for v in generated.values())
             steps.append(Step(f"eval {cell}", ", ".join(f"{t} {v}" for t, v in n_tasks.items())
-                              + f" x {e.max_gen_toks} tokens, batch {e.batch_size}",
+                              + f"; generation at most {e.max_gen_toks} tokens, batch "
+                              f"{e.batch_size}"
+                              + (f"; likelihood ~{LIKELIHOOD_TOKENS} tokens per item"
+                                 if scored else ""),
                               (weight_bytes(model) + model.state_bytes(e.batch_size, ctx)) / GB,
                               decode_seconds(model, gpu, batches * e.max_gen_toks, e.batch_size,
-                                             ctx), True))
+                                             ctx)
+                              + flops_seconds(2 * n * scored * LIKELIHOOD_TOKENS, gpu), True))
             ctx = b.context + b.new_tokens
             both = [model, base]
             steps.append(Step(f"bench {cell}", f"context {b.context}, batch {b.batch}, "

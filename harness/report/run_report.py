@@ -88,6 +88,7 @@ def collect(run: Path) -> dict:
             record = next(r for r in old if r["seed"] == seed)
         selections.append({**record, "seed": seed})
     result = {"schema": SCHEMA, "profile": info["profile"], "config": cfg,
+              "eval_task_wall_s": _eval_task_walls(run, cells, tasks, previous),
               "config_hash": info["config_hash"], "tasks": tasks, "methods": info["methods"],
               "code_versions": sorted({c["code_version"] for c in cells}),
               "complete": len(cells) == len(info["cells"]),
@@ -96,6 +97,20 @@ def collect(run: Path) -> dict:
               "kl_profile": kl_profile}
     result["verdict"] = verdict(result)
     return result
+
+
+def _eval_task_walls(run: Path, cells: list[dict], tasks: dict, previous: dict) -> dict:
+    """Mean wall seconds per task over the evaluated models (from the eval step folders, or
+    as an earlier results.json recorded them when the folders are gone)."""
+    walls: dict[str, list[float]] = {t: [] for t in tasks}
+    for c in cells:
+        path = run / c["steps"]["eval"]["folder"] / "eval.json" if "eval" in c["steps"] else None
+        if path is None or not path.exists():
+            return previous.get("eval_task_wall_s") or {}
+        entry = read_json(path, "eval result")["tasks"]
+        for t in tasks:
+            walls[t].append(entry[t]["wall_s"])
+    return {t: statistics.fmean(w) for t, w in walls.items() if w}
 
 
 def _step_record(run: Path, cells: list[dict], previous: dict, step: str, file: str,

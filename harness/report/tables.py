@@ -108,6 +108,7 @@ def leaderboard_markdown(result: dict) -> str:
         "![held-out KL vs training steps](convergence.png)", ""]
     if result.get("redundancy"):
         lines += ["![per-layer redundancy, RAD's layers in red](redundancy.png)", ""]
+    lines += ["## Time per step", "", *time_table(result), ""]
     layers = [f"- {r['method']}: " + "; ".join(f"seed {s}: {v}" for s, v in r["layers"].items())
               for r in board if not r["reference"]]
     prov = result["provenance"]
@@ -117,6 +118,34 @@ def leaderboard_markdown(result: dict) -> str:
               "per-cell commits, package versions, threads and step wall times are in "
               "results.json (`cells`)."]
     return "\n".join(lines) + "\n"
+
+
+STEP_ORDER = ("diagnose", "select", "kl-profile", "distill", "eval", "bench")
+
+
+def time_table(result: dict) -> list[str]:
+    """Wall time per step kind, each step counted once (the once-per-run steps are shared by
+    many cells), as recorded when the step ran; evaluation split per task where recorded."""
+    steps: dict[tuple[str, str], float] = {}
+    for c in result["cells"]:
+        for name, rec in c["steps"].items():
+            steps[(name, rec["key"])] = rec["wall_s"]
+    kinds = sorted({n for n, _ in steps}, key=lambda n: (STEP_ORDER.index(n)
+                                                           if n in STEP_ORDER else 99, n))
+    total = sum(steps.values())
+    lines = ["| step | runs | total min | per run s (min-max) | share |",
+             "|---|---:|---:|---|---:|"]
+    for kind in kinds:
+        walls = [w for (n, _), w in steps.items() if n == kind]
+        lines.append(f"| {kind} | {len(walls)} | {sum(walls) / 60:.1f} | "
+                     f"{statistics.fmean(walls):.0f} ({min(walls):.0f}-{max(walls):.0f}) | "
+                     f"{100 * sum(walls) / total:.0f}% |")
+    lines.append(f"| **all steps** | {len(steps)} | **{total / 60:.1f}** | | 100% |")
+    per_task = result.get("eval_task_wall_s") or {}
+    if per_task:
+        lines += ["", "Evaluation per task, mean s per model: " + ", ".join(
+            f"{result['tasks'][t]['label']} {w:.0f}" for t, w in per_task.items()) + "."]
+    return lines
 
 
 def verdict_markdown(rows: list[dict]) -> list[str]:

@@ -89,7 +89,8 @@ class Task:
     label: str  # for tables and messages, e.g. "GSM8K"
     headline: str  # the metric (key of `evaluate(...)["metrics"]`) a leaderboard shows
     higher_is_better: bool = True
-    executes_code: bool = False  # runs model-written programs: needs the explicit opt-in
+    executes_code: bool = False  # runs code on model output: needs the explicit opt-in
+    generates: bool = True  # False: scored by log-likelihood alone (no decoding)
     data: TaskData  # where its rows live and how they are parsed
     eval_split: str = "test"  # the split scored (PIQA and WinoGrande: their validation set)
     reference: str = "reference solution"  # what fidelity teacher-forces (for the record)

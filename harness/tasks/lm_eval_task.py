@@ -115,6 +115,7 @@ class LikelihoodTask(LmEvalTask):
     papers report them: no chat template, no few-shot, no generation. Each record says which
     choice won and whether it was right."""
     has_chat = False
+    generates = False
 
     def validate(self, cfg) -> None:
         if cfg.fewshot:
