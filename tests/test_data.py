@@ -131,6 +131,11 @@ def test_check_reports_counts(shipped: Path) -> None:
         ("gsm8k", "test", 1319, None),
         ("math500", "test", 500, None),
         ("humaneval", "test", 164, None),
+        ("cruxeval", "test", 800, None),
+        ("cruxeval_i", "test", 800, None),
+        ("piqa", "validation", 1838, None),
+        ("winogrande", "validation", 1267, None),
+        ("lambada_openai", "test", 5153, None),
     ]
 
 
@@ -189,7 +194,8 @@ def test_unknown_task_or_split(task: str, split: str) -> None:
         load_task(task, split)
     message = assert_one_line(err)
     assert (
-        ("gsm8k, humaneval, math500" in message) if task == "nope" else ("splits: test" in message)
+        ("gsm8k, humaneval, lambada_openai, math500, piqa" in message) if task == "nope"
+        else ("splits: test" in message)
     )
 
 
@@ -304,13 +310,11 @@ def test_check_reports_missing_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("RAD_DATA_DIR", str(tmp_path / "absent"))
     monkeypatch.setattr(data, "fetch", lambda *a, **k: pytest.fail("check must not download"))
     report = {(task, split): (count, error) for task, split, count, error in check()}
-    assert set(report) == {
-        ("gsm8k", "train"),
-        ("gsm8k", "test"),
-        ("math500", "test"),
-        ("humaneval", "test"),
-    }
-    for key in [("gsm8k", "train"), ("gsm8k", "test"), ("math500", "test")]:
+    local = [("gsm8k", "train"), ("gsm8k", "test"), ("math500", "test"), ("cruxeval", "test"),
+             ("cruxeval_i", "test"), ("piqa", "validation"), ("winogrande", "validation"),
+             ("lambada_openai", "test")]
+    assert set(report) == {*local, ("humaneval", "test")}
+    for key in local:
         count, error = report[key]
         assert count is None and error is not None
         assert str(tmp_path / "absent") in error and "\n" not in error
@@ -335,3 +339,27 @@ def test_file_sha256(tmp_path: Path) -> None:
     assert file_sha256(tmp_path / "abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+def test_fetch_piqa_writes_the_labels_file_apart(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's PIQA has a label column; the fetched layout is the local one (rows without
+    labels, labels one a line), so it loads and joins like ../shared/data."""
+    import datasets
+
+    rows = [{"goal": f"g{i}", "sol1": "a", "sol2": "b", "label": i % 2} for i in range(3)]
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub({("baber/piqa", "validation"): rows},
+                                                           []))
+    dest = tmp_path / "fetched"
+    written = fetch("piqa", dest=dest)
+    assert set(written) == {dest / "piqa/valid.jsonl", dest / "piqa/valid-labels.lst"}
+    assert (dest / "piqa/valid-labels.lst").read_text() == "0\n1\n0\n"
+    assert "label" not in (dest / "piqa/valid.jsonl").read_text()
+    monkeypatch.setenv("RAD_DATA_DIR", str(dest))
+    assert [e.label for e in load_task("piqa", "validation")] == [0, 1, 0]
+    bad = [{**rows[0], "label": 2}]
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub({("baber/piqa", "validation"): bad},
+                                                           []))
+    with pytest.raises(DataError, match="row 0: label must be one of 0, 1"):
+        fetch("piqa", dest=tmp_path / "other")
+    assert not (tmp_path / "other").exists()

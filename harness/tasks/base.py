@@ -21,8 +21,8 @@ from harness.models import LoadedModel
 from rad.registry import Registry
 
 DATA_HINT = (
-    "set RAD_DATA_DIR to a folder holding gsm8k/ and math500/ (e.g. ../shared/data) "
-    "or run 'rad data fetch' where a network exists"
+    "set RAD_DATA_DIR to a folder holding the task data (e.g. ../shared/data, see its "
+    "README) or run 'rad data fetch' where a network exists"
 )
 
 

@@ -210,7 +210,12 @@ def _download(task: TaskData, split: str) -> list[dict[str, Any]]:
             ) from None
     if not rows:
         raise DataError(f"downloaded {repo} {split} is empty; {DATA_HINT}")
-    return [{key: row[key] for key in task.fields} for row in rows]
+    if task.labels_path(split) is not None:  # written apart, as the local layout keeps them
+        for i, row in enumerate(rows):
+            if str(row.get("label")) not in task.label_values:
+                raise DataError(f"downloaded {repo} {split} row {i}: label must be one of "
+                                f"{', '.join(task.label_values)}; {DATA_HINT}")
+    return rows
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -238,4 +243,12 @@ def fetch(
     root = Path(dest).expanduser() if dest is not None else cache_dir() / "data"
     specs = {n: get_task(n) for n in names}
     downloads = [(t, s, _download(t, s)) for t in specs.values() for s in t.files]
-    return [_write_jsonl_atomic(root / task.files[s], rows) for task, s, rows in downloads]
+    written = []
+    for task, split, rows in downloads:
+        written.append(_write_jsonl_atomic(root / task.files[split],
+                                           [{k: r[k] for k in task.fields} for r in rows]))
+        if task.labels_path(split) is not None:
+            labels = root / task.labels[split]
+            atomic_write_text(labels, "".join(f"{r['label']}\n" for r in rows))
+            written.append(labels)
+    return written

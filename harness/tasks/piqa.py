@@ -39,6 +39,7 @@ class Piqa(LikelihoodTask):
         parse=parse_row,
         labels={"validation": "piqa/valid-labels.lst"},
         label_values=("0", "1"),
+        hub=("baber/piqa", None),  # lm-eval's piqa source: same rows, labels in a column
     )
 
     def metrics(self, raw: dict[str, Any]) -> dict[str, float]:

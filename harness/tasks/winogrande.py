@@ -44,6 +44,7 @@ class Winogrande(LikelihoodTask):
         files={"validation": "winogrande/dev.jsonl"},
         fields=("sentence", "option1", "option2", "answer"),
         parse=parse_row,
+        hub=("allenai/winogrande", "winogrande_xl"),
     )
 
     def metrics(self, raw: dict[str, Any]) -> dict[str, float]:
