@@ -222,7 +222,10 @@ def test_data_check_shared_data(cli, monkeypatch):
     assert r.rc == 0, r.err
     counts = {tuple(line.split()[:2]): line.split()[2] for line in r.out.splitlines()}
     assert counts == {("gsm8k", "train"): "7473", ("gsm8k", "test"): "1319",
-                      ("math500", "test"): "500", ("humaneval", "test"): "164"}
+                      ("math500", "test"): "500", ("humaneval", "test"): "164",
+                      ("cruxeval", "test"): "800", ("cruxeval_i", "test"): "800",
+                      ("piqa", "validation"): "1838", ("winogrande", "validation"): "1267",
+                      ("lambada_openai", "test"): "5153"}
     assert r.err == ""
 
 
