@@ -315,8 +315,9 @@ def test_task_yamls_ship_with_the_package():
 
     shipped = sorted(p.name for p in (resources.files("harness") / "tasks").iterdir()
                      if p.name.endswith(".yaml"))
-    assert shipped == ["rad_gsm8k.yaml", "rad_gsm8k_chat.yaml", "rad_math500.yaml",
-                       "rad_math500_chat.yaml"]
+    assert shipped == ["rad_gsm8k.yaml", "rad_gsm8k_chat.yaml", "rad_lambada_openai.yaml",
+                       "rad_math500.yaml", "rad_math500_chat.yaml", "rad_piqa.yaml",
+                       "rad_winogrande.yaml"]
     tomllib = pytest.importorskip("tomllib")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "tasks/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["harness"]
