@@ -331,7 +331,7 @@ def _bad_yaml(tmp_path: Path, text: str) -> str:
     (["--profile", "{tmp}/missing.yaml"], "does not exist"),
     (["--profile", "{bad}"], "invalid YAML at line 2"),
     (["--profile", "{unknown_key}"], "unknown key 'sedes'"),
-    (["--profile", "smoke"], "executes model-written code"),  # HumanEval needs the opt-in
+    (["--profile", "smoke"], "execute code on model output"),  # HumanEval needs the opt-in
 ])
 def test_reproduce_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, monkeypatch, argv,
                                                             message):

@@ -56,8 +56,12 @@ def test_facts_live_on_the_entries():
     assert SELECTORS.get("all").replaces_all and not SELECTORS.get("random").replaces_all
     assert RECIPES.get("teacher").is_reference and not RECIPES.get("rad").is_reference
     assert TASKS.get("humaneval").executes_code and not TASKS.get("gsm8k").executes_code
+    assert TASKS.get("cruxeval_i").executes_code and not TASKS.get("cruxeval").executes_code
+    assert not TASKS.get("piqa").generates and TASKS.get("cruxeval").generates
     assert {t: TASKS.get(t).headline for t in TASKS} == {
-        "gsm8k": "exact_match_flexible", "math500": "math_verify", "humaneval": "pass@1"}
+        "gsm8k": "exact_match_flexible", "math500": "math_verify", "humaneval": "pass@1",
+        "cruxeval": "pass@1", "cruxeval_i": "pass@1", "piqa": "acc", "winogrande": "acc",
+        "lambada_openai": "acc"}
 
 
 def test_a_recipe_naming_an_unregistered_part_is_refused():
