@@ -17,9 +17,10 @@ MAMBA_SKIP_CUDA_BUILD=TRUE "$PY" -m pip download -q --no-deps --no-build-isolati
 tar -xzf .gpu/sdist/mamba_ssm-*.tar.gz -C .gpu/sdist
 cp -r .gpu/sdist/mamba_ssm-*/mamba_ssm .gpu/src/ && rm -rf .gpu/sdist
 # The teacher's tokenizer, converted once into the cache by any command that loads it.
-"$PY" -c "from harness.models import resolve_model_folder as r; print(r('smollm2-135m-instruct'))" \
-    > .gpu/teacher_folder
+"$PY" -c "from harness.models import resolve_model_folder as r; print(r('smollm2-135m-instruct'))" 2>/dev/null \
+    | tail -1 > .gpu/teacher_folder
 cp "$(cat .gpu/teacher_folder)"/tokenizer* "$(cat .gpu/teacher_folder)"/special_tokens* \
+    "$(cat .gpu/teacher_folder)"/chat_template* \
     .gpu/tokenizer/ 2>/dev/null || true
 cp -r "$DATA"/gsm8k "$DATA"/math500 .gpu/data/
 # Wheels: pure-Python sdists built here first, then the dependency closure for the device's
