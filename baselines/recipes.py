@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import baselines.selectors  # noqa: F401  (the selectors these recipes name)
 from rad.method.recipes import Recipe, register_recipe
 
 register_recipe(Recipe(

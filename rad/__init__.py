@@ -5,5 +5,6 @@
 - `rad.method`: RAD's four steps (diagnose, select, replace, distill) and the recipes that
   combine them into methods.
 
-`rad.registry` and `rad.digest` are the small utilities both stages (and the harness) share.
+`rad.registry`, `rad.digest` and `rad.files` are the small utilities both stages (and the harness)
+share.
 """

@@ -13,13 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_models import one_error_line, shared_data
 
 import rad.runtime.decode
 import rad.runtime.prompts
 from harness.cli import main
 from harness.models import TEACHERS, resolve_model_folder
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GENERATE = ["generate", "--model", "tiny-random", "--prompt", "hello world",
             "--max-new-tokens", "5"]
 
@@ -28,18 +28,6 @@ GENERATE = ["generate", "--model", "tiny-random", "--prompt", "hello world",
 def tiny_folder() -> Path:
     """Build tiny-random in the environment's cache up front, so no test sees build output."""
     return resolve_model_folder("tiny-random")
-
-
-@pytest.fixture
-def cli(capsys):
-    def run(*argv: str) -> SimpleNamespace:
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:  # argparse's own errors (our _Parser: one line, exit 2)
-            rc = e.code
-        out, err = capsys.readouterr()
-        return SimpleNamespace(rc=rc, out=out, err=err)
-    return run
 
 
 @pytest.fixture
@@ -58,19 +46,8 @@ def generate_calls(monkeypatch) -> list[SimpleNamespace]:
     return calls
 
 
-def one_error_line(err: str) -> str:
-    """stderr must be exactly one line, `rad: error: ...`."""
-    assert err.startswith("rad: error: "), err
-    assert err.endswith("\n") and err.count("\n") == 1 and "\r" not in err, err
-    return err
-
-
 def entries_of(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
-
-
-def shared_data_dir() -> str:
-    return os.environ.get("RAD_DATA_DIR") or str(SHARED_DATA)
 
 
 # -- models and help -----------------------------------------------------------------------------
@@ -217,7 +194,7 @@ def test_console_script_exit_code(tmp_path):
 
 # -- data ------------------------------------------------------------------------------------------
 def test_data_check_shared_data(cli, monkeypatch):
-    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    monkeypatch.setenv("RAD_DATA_DIR", str(shared_data()))
     r = cli("data", "check")
     assert r.rc == 0, r.err
     counts = {tuple(line.split()[:2]): line.split()[2] for line in r.out.splitlines()}
@@ -244,6 +221,7 @@ def test_data_check_missing_data(cli, monkeypatch, tmp_path):
 
 
 # -- bench -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bench_runtime_json(tiny_folder, cli, tmp_path):
     path = tmp_path / "out" / "bench.json"
     r = cli("bench", "runtime", "--model", "tiny-random", "--batch", "1,2", "--new-tokens", "4",
@@ -356,6 +334,7 @@ def test_hybrid_folders_that_do_not_load(tiny_folder, cli, tmp_path):
     assert r.rc == 2 and "hybrid config" in one_error_line(r.err)
 
 
+@pytest.mark.slow
 def test_bench_throughput_json(tiny_folder, cli, tmp_path):
     path, md = tmp_path / "tp.json", tmp_path / "tp.md"
     r = cli("bench", "throughput", "--model", "tiny-random", "--with-hybrids", "--contexts",
@@ -402,7 +381,7 @@ def test_methods_lists_the_recipes(cli):
 
 
 def test_distill_end_to_end_then_rerun(tiny_folder, cli, tmp_path, monkeypatch, generate_calls):
-    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    monkeypatch.setenv("RAD_DATA_DIR", str(shared_data()))
     out = tmp_path / "run"
     r = cli("distill", "--method", "random-swap", "--k", "2", "--seed", "3", "--out", str(out),
             *DISTILL)
@@ -437,7 +416,7 @@ def _other_tokenizer_folder(tiny_folder: Path, dest: Path) -> Path:
                                   "selection-missing", "selection-model", "record-kind",
                                   "record-missing", "out"])
 def test_distill_bad_input_fails_before_training(tiny_folder, cli, tmp_path, monkeypatch, case):
-    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    monkeypatch.setenv("RAD_DATA_DIR", str(shared_data()))
     out = tmp_path / "run"
     sel = tmp_path / "selection.json"
     sel.write_text(json.dumps({"layers": [0, 1], "k": 2, "n_layers": 30,
@@ -472,8 +451,9 @@ def test_distill_bad_input_fails_before_training(tiny_folder, cli, tmp_path, mon
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_distill_compare_writes_the_report(tiny_folder, cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    monkeypatch.setenv("RAD_DATA_DIR", str(shared_data()))
     r = cli("distill-compare", "--methods", "plain-distill,random-swap,full-ssm", "--k", "2",
             "--seeds", "0,1", "--out", str(tmp_path / "runs"), "--report-dir",
             str(tmp_path / "report"), *DISTILL)
@@ -498,7 +478,7 @@ def test_distill_compare_writes_the_report(tiny_folder, cli, tmp_path, monkeypat
 def test_distill_compare_passes_a_loss_override_to_every_cell(tiny_folder, cli, tmp_path,
                                                              monkeypatch):
     """--loss reaches each cell (it was once replaced by the recipe's loss without a word)."""
-    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    monkeypatch.setenv("RAD_DATA_DIR", str(shared_data()))
     r = cli("distill-compare", "--methods", "plain-distill", "--k", "2", "--seeds", "0",
             "--out", str(tmp_path / "runs"), "--loss", "reverse-kl", *DISTILL)
     assert r.rc == 0, r.err
@@ -506,8 +486,9 @@ def test_distill_compare_passes_a_loss_override_to_every_cell(tiny_folder, cli, 
     assert summary["settings"]["train"]["loss"] == "reverse-kl"
 
 
+@pytest.mark.slow
 def test_distill_rad_align_with_a_selection_file(tiny_folder, cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAD_DATA_DIR", shared_data_dir())
+    monkeypatch.setenv("RAD_DATA_DIR", str(shared_data()))
     sel = tmp_path / "selection.json"
     sel.write_text(json.dumps({"layers": [2, 1], "k": 2, "n_layers": 4, "model": "tiny-random"}))
     out = tmp_path / "run"

@@ -13,14 +13,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import KINDS, TOL, VOCAB, pair
+from tiny_models import KINDS, N_LAYERS, TOL, VOCAB, pair
 
 from rad.method.replace import build_hybrid
 from rad.runtime import compile_mode, static_step
 from rad.runtime.decode import generate, left_pad, prefill, speculative_generate
 from rad.runtime.static_step import STATS, Stepper, static_forward
 
-N_LAYERS = 3  # tiny_models' configs
 layer_sets = st.sets(st.integers(0, N_LAYERS - 1)).map(sorted)
 SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                   HealthCheck.function_scoped_fixture])
@@ -37,7 +36,7 @@ def mode():
 @pytest.fixture
 def uncompiled(monkeypatch):
     """The static step without torch.compile: checks its logic in milliseconds per case."""
-    monkeypatch.setattr(static_step, "compiled_forward",
+    monkeypatch.setattr(static_step.GRAPHS, "forward_of",
                         lambda model: lambda *args: static_forward(model, *args))
 
 
@@ -114,6 +113,7 @@ def test_static_step_rolls_mamba2_back_like_the_eager_step(mode, uncompiled):
 
 # -- the real compile ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 @settings(SLOW, max_examples=6)
 @given(data=st.data(), kind=st.sampled_from(KINDS), layers=layer_sets,
        batch=st.integers(1, 3), new=st.integers(1, 12))
@@ -124,6 +124,7 @@ def test_compiled_generate_gives_the_eager_greedy_tokens(mode, data, kind, layer
     assert got == ref
 
 
+@pytest.mark.slow
 @settings(SLOW, max_examples=6)
 @given(data=st.data(), layers=layer_sets, skip=layer_sets, gamma=st.integers(1, 5),
        threshold=st.sampled_from([None, 0.5]))
@@ -143,6 +144,7 @@ def test_compiled_speculative_decoding_gives_the_eager_tokens(mode, data, layers
     assert got[0] == generate(model, ids, max_new_tokens=12).tokens[0]
 
 
+@pytest.mark.slow
 def test_compiled_hybrid_draft_for_its_teacher(mode):
     _, teacher = pair("qwen2")
     hybrid = build_hybrid(teacher, [1], "kqvo", seed=3)
@@ -151,6 +153,7 @@ def test_compiled_hybrid_draft_for_its_teacher(mode):
     assert got == ref
 
 
+@pytest.mark.slow
 def test_compile_runs_once_per_shape_and_is_counted(mode):
     _, model = pair("llama")
     mode("on")
@@ -162,6 +165,7 @@ def test_compile_runs_once_per_shape_and_is_counted(mode):
     assert STATS.compiled_steps == compiled + 5
 
 
+@pytest.mark.slow
 def test_auto_stays_eager_on_cpu_until_a_shape_is_hot(mode, monkeypatch):
     _, model = pair("llama-tied")
     mode("auto")
@@ -171,6 +175,7 @@ def test_auto_stays_eager_on_cpu_until_a_shape_is_hot(mode, monkeypatch):
     assert STATS.compiled_steps == compiled + 3
 
 
+@pytest.mark.slow
 def test_training_after_compiling_drops_the_frozen_graphs(mode):
     """Frozen graphs hold the weights as constants; an in-place update must not be ignored."""
     _, teacher = pair("llama")
@@ -191,6 +196,7 @@ def test_bad_compile_mode_is_refused():
         compile_mode.set_compile_mode("fast")
 
 
+@pytest.mark.slow
 def test_past_the_live_shape_cap_graphs_start_afresh_and_stay_exact(mode, monkeypatch):
     """Frozen graphs hold weight copies; past MAX_LIVE_SHAPES all are dropped, then recompiled."""
     _, model = pair("qwen2")

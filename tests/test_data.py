@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_models import one_line_message, shared_data
 
 from harness.common.errors import DataError
 from harness.common.files import cache_dir
@@ -18,7 +19,6 @@ from harness.tasks.gsm8k import GSM8KExample
 from harness.tasks.humaneval import HumanEvalExample
 from harness.tasks.math500 import MathExample
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GOOD_GSM8K = {"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 4"}
 GOOD_MATH = {
     "problem": "1+1?",
@@ -27,12 +27,6 @@ GOOD_MATH = {
     "subject": "Algebra",
     "level": 1,
 }
-
-
-def assert_one_line(err: pytest.ExceptionInfo[DataError]) -> str:
-    message = str(err.value)
-    assert message and "\n" not in message and "\r" not in message
-    return message
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -50,7 +44,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def shipped(monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = Path(os.environ.get("RAD_DATA_DIR") or SHARED_DATA)
+    root = shared_data()
     if not root.is_dir():
         pytest.skip(f"shipped data folder {root} not found; set RAD_DATA_DIR to ../shared/data")
     monkeypatch.setenv("RAD_DATA_DIR", str(root))
@@ -157,7 +151,7 @@ def test_bad_gsm8k_line(data_root: Path, bad_line: str, problem: str) -> None:
     write_jsonl(data_root / "gsm8k/test.jsonl", [json.dumps(GOOD_GSM8K), "", bad_line])
     with pytest.raises(DataError) as err:
         load_task("gsm8k", "test")
-    message = assert_one_line(err)
+    message = one_line_message(err)
     assert f"{data_root / 'gsm8k/test.jsonl'}:3:" in message
     assert problem in message
 
@@ -167,7 +161,7 @@ def test_bad_math_level(data_root: Path, level: Any) -> None:
     write_jsonl(data_root / "math500/test.jsonl", [json.dumps({**GOOD_MATH, "level": level})])
     with pytest.raises(DataError) as err:
         load_task("math500")
-    assert "test.jsonl:1:" in assert_one_line(err) and "level" in str(err.value)
+    assert "test.jsonl:1:" in one_line_message(err) and "level" in str(err.value)
 
 
 def test_blank_lines_skipped_and_answers_normalised(data_root: Path) -> None:
@@ -192,7 +186,7 @@ def test_empty_file_is_an_error(data_root: Path) -> None:
 def test_unknown_task_or_split(task: str, split: str) -> None:
     with pytest.raises(DataError) as err:
         load_task(task, split)
-    message = assert_one_line(err)
+    message = one_line_message(err)
     assert (
         ("gsm8k, humaneval, lambada_openai, math500, piqa" in message) if task == "nope"
         else ("splits: test" in message)
@@ -208,7 +202,7 @@ def test_missing_file_with_data_dir_set_does_not_fetch(
     monkeypatch.setattr(data, "fetch", lambda *a, **k: pytest.fail("fetch must not be called"))
     with pytest.raises(DataError) as err:
         load_task("gsm8k", "test")
-    message = assert_one_line(err)
+    message = one_line_message(err)
     assert message.startswith(f"GSM8K test data not found at {data_root / 'gsm8k/test.jsonl'};")
     assert "RAD_DATA_DIR" in message and "rad data fetch" in message
 
@@ -237,7 +231,7 @@ def test_auto_fetch_failure_is_missing_error_once(
     for _ in range(2):
         with pytest.raises(DataError) as err:
             load_task("math500")
-        message = assert_one_line(err)
+        message = one_line_message(err)
         assert "MATH-500 test data not found at" in message and "RAD_DATA_DIR" in message
     assert calls == [("HuggingFaceH4/MATH-500", None, "test")]  # the network is tried once
     assert not (tmp_path / "cache/data/math500").exists()
@@ -278,7 +272,7 @@ def test_fetch_failure_leaves_no_files(tmp_path: Path, monkeypatch: pytest.Monke
     dest = tmp_path / "fetched"
     with pytest.raises(DataError) as err:
         fetch(dest=dest)
-    message = assert_one_line(err)
+    message = one_line_message(err)
     assert "could not download GSM8K train" in message and "no network?" in message
     assert "RAD_DATA_DIR" in message
     assert not dest.exists() or not any(dest.rglob("*"))
@@ -291,7 +285,7 @@ def test_fetch_rejects_bad_hub_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(datasets, "load_dataset", fake_hub(bad, []))
     with pytest.raises(DataError) as err:
         fetch(["math500"], dest=tmp_path / "fetched")
-    assert "row 0" in assert_one_line(err)
+    assert "row 0" in one_line_message(err)
     assert not (tmp_path / "fetched").exists()
 
 
@@ -299,7 +293,7 @@ def test_fetch_rejects_bad_hub_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_fetch_unfetchable_task(tmp_path: Path, task: str) -> None:
     with pytest.raises(DataError) as err:
         fetch([task], dest=tmp_path)
-    message = assert_one_line(err)
+    message = one_line_message(err)
     assert repr(task) in message and "gsm8k" in message and "math500" in message
 
 

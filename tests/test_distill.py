@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-import copy
-import functools
 from dataclasses import replace
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import VOCAB, pair
+from tiny_models import loop_data, random_ids, sharp_hybrid, sharp_teacher
 
-import baselines  # noqa: F401  (registers the baseline recipes)
 from rad.method.distill.align import align_mixers
-from rad.method.distill.loop import TrainConfig, heldout_kl, train
+from rad.method.distill.loop import TrainConfig, heldout_kl, heldout_kl_rows, train
 from rad.method.distill.losses import bucket_kl, full_kl, teacher_targets
 from rad.method.distill.trainable import new_ssm_parameters
 from rad.method.recipes import RECIPES, get_recipe
-from rad.method.replace import build_hybrid
-
-
-@functools.cache
-def sharp_teacher():
-    """tiny_models' Llama with attention, MLP output and head scaled x6: at random-init scale
-    its layers barely matter (skipping two moves the KL by ~1e-3), which makes a poor test of
-    whether distillation recovers them."""
-    _, base = pair("llama")
-    t = copy.deepcopy(base)
-    with torch.no_grad():
-        for blk in t.layers:
-            for w in (blk.mixer.qkv_proj.weight, blk.mixer.o_proj.weight,
-                      blk.mlp.down_proj.weight):
-                w.mul_(6)
-        t.lm_head.weight.mul_(6)
-    return t
-
-
-def _ids(n: int, T: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (n, T), generator=torch.Generator().manual_seed(seed))
-
-
-def loop_data():
-    """Teacher targets (top-16 of 97) for 24 train and 6 held-out sequences of 16 tokens."""
-    teacher = sharp_teacher()
-    train_ids, held_ids = _ids(24, 16, 1), _ids(6, 16, 2)
-    with torch.no_grad():
-        return (train_ids, teacher_targets(teacher(train_ids), 16),
-                held_ids, teacher_targets(teacher(held_ids), 16))
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +61,12 @@ def test_masked_tokens_do_not_contribute():
 CFG = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=4, ckpt_every=5)
 
 
-def _hybrid(layers=(0, 2), init="skip", seed=0):
-    teacher = sharp_teacher()
-    return build_hybrid(teacher, list(layers), init, seed)
-
-
 def _train(model, data, run_dir, policy="ssm-only", cfg=CFG, seed=0, **kw):
     return train(model, policy, cfg, seed, *data, run_dir=run_dir, progress=False, **kw)
 
 
 def test_ssm_only_leaves_every_other_parameter_bit_identical(data, tmp_path):
-    model = _hybrid()
+    model = sharp_hybrid()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     new = set(new_ssm_parameters(model))
     _train(model, data, tmp_path)
@@ -112,10 +74,12 @@ def test_ssm_only_leaves_every_other_parameter_bit_identical(data, tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= new
     assert {k for k in new if k.endswith("in_proj.weight")} <= changed
+    # written through a temporary file and a rename: none is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curve.jsonl"]
 
 
 def test_same_seed_same_weights_and_curve(data, tmp_path):
-    a, b = _hybrid(), _hybrid()
+    a, b = sharp_hybrid(), sharp_hybrid()
     curve_a = _train(a, data, tmp_path / "a")
     curve_b = _train(b, data, tmp_path / "b")
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
@@ -123,18 +87,18 @@ def test_same_seed_same_weights_and_curve(data, tmp_path):
     strip = [[(r["step"], r["train_loss"], r["heldout_kl"]) for r in c]
              for c in (curve_a, curve_b)]
     assert strip[0] == strip[1]
-    c = _hybrid()
+    c = sharp_hybrid()
     _train(c, data, tmp_path / "c", seed=1)
     assert not torch.equal(c.layers[0].mixer.in_proj.weight, a.layers[0].mixer.in_proj.weight)
 
 
 @pytest.mark.parametrize("policy", ["ssm-only", "all"])
 def test_kill_and_resume_ends_identical(data, tmp_path, policy):
-    whole = _hybrid()
+    whole = sharp_hybrid()
     curve = _train(whole, data, tmp_path / "whole", policy)
-    killed = _hybrid()
+    killed = sharp_hybrid()
     _train(killed, data, tmp_path / "part", policy, stop_after=7)  # checkpoint at 5: 6, 7 lost
-    resumed = _hybrid()  # a fresh process: rebuilt from scratch, then the checkpoint
+    resumed = sharp_hybrid()  # a fresh process: rebuilt from scratch, then the checkpoint
     curve2 = _train(resumed, data, tmp_path / "part", policy)
     for x, y in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(x, y)
@@ -145,7 +109,7 @@ def test_kill_and_resume_ends_identical(data, tmp_path, policy):
 def test_skip_init_starts_at_the_drafts_heldout_kl(data):
     teacher = sharp_teacher()
     *_, held_ids, held_targets = data
-    hybrid = _hybrid((0, 2), "skip")
+    hybrid = sharp_hybrid((0, 2), "skip")
 
     # the draft: the teacher with attention 0 and 2 skipped (what kl-guided scores, too)
     draft_kl = heldout_kl(teacher, held_ids, held_targets, skip=[0, 2])
@@ -153,12 +117,26 @@ def test_skip_init_starts_at_the_drafts_heldout_kl(data):
     assert heldout_kl(hybrid, held_ids, held_targets) > 0
 
 
+def test_heldout_kl_is_the_token_weighted_mean_of_its_rows(data):
+    *_, held_ids, held_targets = data
+    hybrid = sharp_hybrid().train()
+    for batch_size in (1, 4, 8):
+        rows = heldout_kl_rows(hybrid, held_ids, held_targets, batch_size)
+        assert len(rows) == held_ids.shape[0] and min(rows) > 0
+        # equal to float32 summation order (rows are equally long)
+        assert heldout_kl(hybrid, held_ids, held_targets, batch_size) == pytest.approx(
+            sum(rows) / len(rows), rel=1e-6)
+    assert heldout_kl_rows(hybrid, held_ids, held_targets, 1) == pytest.approx(rows, rel=1e-5)
+    assert hybrid.training  # evaluated in eval mode, its mode restored
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rad", "plain-distill", "random-swap", "full-ssm"])
 def test_distillation_lowers_heldout_kl_for_every_method(data, tmp_path, method):
     recipe = get_recipe(method)
     layers = {"rad": [1, 2], "plain-distill": [1], "random-swap": [0, 2],
               "full-ssm": [0, 1, 2]}[method]
-    model = _hybrid(layers, recipe.init)
+    model = sharp_hybrid(layers, recipe.init)
     cfg = TrainConfig(steps=120, batch_size=4, lr=3e-3, warmup_steps=10, eval_every=40,
                       ckpt_every=120)
     curve = _train(model, data, tmp_path, recipe.trainable, cfg)
@@ -170,8 +148,8 @@ def test_distillation_lowers_heldout_kl_for_every_method(data, tmp_path, method)
 
 def test_stage1_alignment_lowers_each_mixers_error():
     teacher = sharp_teacher()
-    hybrid = _hybrid((0, 2), "kqvo")
-    report = align_mixers(hybrid, teacher, _ids(8, 16, 5), steps=60, lr=3e-3)
+    hybrid = sharp_hybrid((0, 2), "kqvo")
+    report = align_mixers(hybrid, teacher, random_ids(8, 16, 5), steps=60, lr=3e-3)
     assert set(report) == {0, 2}
     for r in report.values():
         assert r["mse_after"] < 0.5 * r["mse_before"]
@@ -195,7 +173,7 @@ def test_bf16_autocast_tracks_the_fp32_reference(data, tmp_path):
     path's curve closely; these AVX2 test machines run it emulated, which is only slower."""
     cfg = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=3,
                       ckpt_every=6)
-    ref, low = _hybrid(), _hybrid()
+    ref, low = sharp_hybrid(), sharp_hybrid()
     curve_ref = _train(ref, data, tmp_path / "fp32", cfg=replace(cfg, precision="fp32"))
     curve_low = _train(low, data, tmp_path / "bf16", cfg=replace(cfg, precision="bf16"))
     assert all(p.dtype == torch.float32 for p in low.parameters())  # fp32 masters

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_distill import _hybrid, _ids, loop_data, sharp_teacher
+from tiny_models import loop_data, random_ids, sharp_hybrid, sharp_teacher
 
 from rad.method.distill.loop import TrainConfig, train
 from rad.method.distill.parallel import choose
 from rad.runtime.distributed import SINGLE, World
 
+pytestmark = pytest.mark.slow  # every test spawns two processes
 CFG = TrainConfig(steps=8, batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=2, eval_every=4,
                   ckpt_every=3)
 REL = 1e-6
@@ -25,7 +26,7 @@ INIT = "kqvo"  # RAD's init: every new parameter gets a real gradient from the f
 
 
 def _model():
-    return _hybrid(init=INIT)
+    return sharp_hybrid(init=INIT)
 
 
 def _port() -> int:
@@ -53,7 +54,7 @@ def _worker(rank: int, size: int, port: int, job: dict) -> None:
         elif job["kind"] == "targets":  # the teacher's top-k targets, sharded by batch
             from harness.experiment.distill_data import compute_targets
 
-            t = compute_targets(sharp_teacher(), _ids(9, 16, 4), 16, 1.0, batch_size=2)
+            t = compute_targets(sharp_teacher(), random_ids(9, 16, 4), 16, 1.0, batch_size=2)
             if rank == 0:
                 torch.save({"logp": t.logp, "index": t.index, "rest": t.rest}, job["out"])
         else:  # `rad eval` itself, sharded
@@ -146,7 +147,7 @@ def test_sharded_evaluation_is_the_one_process_result(tmp_path):
 def test_sharded_teacher_targets_are_the_one_process_targets(tmp_path):
     from harness.experiment.distill_data import compute_targets
 
-    one = compute_targets(sharp_teacher(), _ids(9, 16, 4), 16, 1.0, batch_size=2)
+    one = compute_targets(sharp_teacher(), random_ids(9, 16, 4), 16, 1.0, batch_size=2)
     out = tmp_path / "targets.pt"
     _spawn({"kind": "targets", "out": str(out)})
     two = torch.load(out)

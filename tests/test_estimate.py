@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_estimates_follow_the_profile():
     assert rad.memory_gb < plain.memory_gb and rad.seconds < plain.seconds
     assert plain.sharded_memory_gb < plain.memory_gb and rad.sharded_memory_gb is None
     assert "eval teacher-s1" not in steps  # one step key for an untrained row
-    slow = plan(cfg, Gpu(step_s_per_layer=4e-3))
+    slow = plan(cfg, Gpu(step_s_per_layer=2e-3))
     assert sum(s.seconds for s in slow) > sum(s.seconds for s in steps.values())
 
 
@@ -63,3 +64,13 @@ def test_a_model_without_a_config_is_one_line_error(capsys, tmp_path):
 def test_every_shipped_profile_dry_runs(name, capsys):
     assert main(["reproduce", "--profile", name, "--dry-run", "--out", "/nonexistent/x"]) == 0
     assert "total:" in capsys.readouterr().out
+
+
+def test_teacher_forced_search_is_costed_as_compute_not_decoding():
+    cfg = load_config("paper")
+    assert cfg.selection.objective == "teacher-forced"  # what the cpu profile proved exact
+    forced = {s.name: s.seconds for s in plan(cfg)}
+    decoding = {s.name: s.seconds for s in plan(dataclasses.replace(
+        cfg, selection=dataclasses.replace(cfg.selection, objective="accepted-length")))}
+    assert forced["select"] < decoding["select"] and forced["diagnose"] < decoding["diagnose"]
+    assert forced["teacher targets"] == decoding["teacher targets"]

@@ -1,11 +1,10 @@
-"""Evaluation (issue 6): the lm-eval backend, the shipped task configs, HumanEval's contained
+"""Evaluation: the lm-eval backend, the shipped task configs, HumanEval's contained
 execution, fidelity metrics, two-model speculative decoding and `rad eval`. All on tiny-random
 and a few local rows."""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -15,48 +14,31 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import VOCAB, pair
+from tiny_models import VOCAB, pair, shared_data
 
 from harness.cli import main
 from harness.common.errors import UserError
 from harness.models import load_model
 from harness.tasks import data as task_data
 from harness.tasks import lm_eval_task as eval_tasks
+from harness.tasks.batching import batched_generate, score_continuations
 from harness.tasks.humaneval import (
     HumanEvalSettings,
     evaluate_humaneval,
     pass_at_k,
 )
-from harness.tasks.lm_backend import RadLM, batched_generate, score_continuations
+from harness.tasks.lm_backend import RadLM
 from harness.tasks.lm_eval_task import LmEvalSettings, run_lm_eval_task
 from harness.tasks.sandbox import ExecLimits, require_opt_in
 from rad.runtime.decode import generate, left_pad, speculative_generate
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def fast_tiny_models():
-    """tiny-random's activations go denormal on real text; flushing them keeps this file fast
-    (rad eval does the same, see harness/evaluate.py). One thread: these models are too small
-    to gain from more, and on a busy 2-core machine extra threads make each op 10-50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_flush_denormal(True)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(False)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-random")
+pytestmark = pytest.mark.usefixtures("fast_tiny_models")
 
 
 @pytest.fixture(scope="module")
 def shipped_root() -> Path:
-    root = Path(os.environ.get("RAD_DATA_DIR") or SHARED_DATA)
+    root = shared_data()
     if not (root / "gsm8k" / "test.jsonl").is_file():
         pytest.skip(f"task data not found under {root}; set RAD_DATA_DIR to ../shared/data")
     return root
@@ -392,6 +374,16 @@ def test_cli_writes_json_and_per_sample_records(capsys, few_rows, tmp_path):
         for rec in map(json.loads, lines):
             assert {"prompt", "output", "extracted", "correct"} <= set(rec), task
     assert result["provenance"]["packages"]["lm-eval"]
+    # every setting, one flat object under its flag's name, whatever groups it in the code
+    assert set(result["config"]) == {
+        "model", "tasks", "dtype", "limit", "task_limits", "sample_seed", "fewshot", "chat",
+        "batch_size", "max_gen_toks", "allow_code_execution", "json_path", "teacher",
+        "fidelity", "samples", "temperature", "pass_k", "seed", "exec_timeout", "gamma",
+        "spec_tokens", "threads", "device", "from_samples"}
+    assert {k: result["config"][k] for k in ("limit", "batch_size", "max_gen_toks",
+                                              "allow_code_execution", "json_path")} == {
+        "limit": 2, "batch_size": 2, "max_gen_toks": 4, "allow_code_execution": True,
+        "json_path": str(out)}
     assert "generate_until" in err  # the progress bar
     from harness.report.tables import eval_markdown_rows
     rows = eval_markdown_rows(result)

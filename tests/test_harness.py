@@ -10,13 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
+from tiny_models import one_error_line, shared_data
 
-from harness.cli import main
-from harness.common import files as cache
 from harness.experiment.config import PROFILES_DIR, config_from_dict, load_config, profile_names
 from harness.experiment.runner import plan_cells
 from harness.report import plots, run_report, stats
@@ -24,13 +22,12 @@ from harness.report.gate import run_gate
 from harness.report.schema import CELLS_DIR, SCHEMA, STEP_FILE
 from rad.method.select import profile_top_k
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 QUALITY = ("gsm8k", "math500", "humaneval", "heldout_kl", "heldout_kl_start", "state_bytes",
            "eval_n")
 
 
 def _env() -> dict:
-    return dict(os.environ, RAD_DATA_DIR=os.environ.get("RAD_DATA_DIR") or str(SHARED_DATA),
+    return dict(os.environ, RAD_DATA_DIR=str(shared_data()),
                 RAD_ALLOW_CODE_EXECUTION="1", PYTHONUNBUFFERED="1")
 
 
@@ -54,7 +51,7 @@ def _finish(proc: subprocess.Popen, log: Path) -> str:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """One uninterrupted smoke run, in a subprocess (the runner sets process-wide torch
-    state: threads, denormal flushing)."""
+    state: threads, denormal flushing). conftest.py marks every test that uses it slow."""
     out = tmp_path_factory.mktemp("smoke") / "run"
     log = out.with_name("log.txt")
     _finish(_reproduce(out, log), log)
@@ -63,23 +60,6 @@ def smoke_run(tmp_path_factory) -> Path:
 
 def _results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
-
-
-@pytest.fixture
-def cli(capsys):
-    def run(*argv: str) -> SimpleNamespace:
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:
-            rc = e.code
-        out, err = capsys.readouterr()
-        return SimpleNamespace(rc=rc, out=out, err=err)
-    return run
-
-
-def _one_line(err: str) -> str:
-    assert err.startswith("rad: error: ") and err.count("\n") == 1, err
-    return err
 
 
 # -- end to end ----------------------------------------------------------------------------------
@@ -192,26 +172,16 @@ def test_a_crash_mid_write_leaves_the_previous_report_whole(smoke_run, tmp_path,
     cli_out = tmp_path / "report"
     run_report.write_report(smoke_run, cli_out)
     before = {p.name: p.read_bytes() for p in cli_out.iterdir()}
-    real_fdopen = os.fdopen
+    real_write_text = Path.write_text
 
-    class HalfWriter:
-        def __init__(self, f):
-            self.f = f
+    def half_write(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt  # the process dies half-way through the file
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, text):
-            self.f.write(text[: len(text) // 2])
-            raise KeyboardInterrupt  # the process dies half-way through the file
-
-    monkeypatch.setattr(cache.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    monkeypatch.setattr(Path, "write_text", half_write)
     with pytest.raises(KeyboardInterrupt):
         run_report.write_report(smoke_run, cli_out)
-    monkeypatch.setattr(cache.os, "fdopen", real_fdopen)
+    monkeypatch.setattr(Path, "write_text", real_write_text)
     monkeypatch.setattr(plots.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     with pytest.raises(OSError):  # the plots: the rename fails after the image is drawn
         plots.plot_pareto(_results(smoke_run), cli_out / "pareto.png")
@@ -277,10 +247,10 @@ def test_gate_refuses_results_it_cannot_compare(gate_files, cli, change, message
     cur = copy.deepcopy(base)
     change(cur)
     r = cli("gate", "--baseline", str(_write(a, base)), "--current", str(_write(b, cur)))
-    assert r.rc == 2 and message in _one_line(r.err)
+    assert r.rc == 2 and message in one_error_line(r.err)
     b.write_text("{not json")
     r = cli("gate", "--baseline", str(a), "--current", str(b))
-    assert r.rc == 2 and "cannot read current" in _one_line(r.err)
+    assert r.rc == 2 and "cannot read current" in one_error_line(r.err)
 
 
 # -- configs and bad input -----------------------------------------------------------------------
@@ -342,22 +312,22 @@ def test_reproduce_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, monke
             "unknown_key": _bad_yaml(tmp_path / "..", yaml.safe_dump(d))}
     out = tmp_path / "out"
     r = cli("reproduce", *[a.format(**subs) for a in argv], "--out", str(out))
-    assert r.rc == 2 and message in _one_line(r.err)
+    assert r.rc == 2 and message in one_error_line(r.err)
     assert not out.exists()
 
 
 def test_reproduce_refuses_missing_data_and_a_gpu_profile_without_gpu(tmp_path, cli,
                                                                        monkeypatch):
-    data = os.environ.get("RAD_DATA_DIR") or str(SHARED_DATA)
+    data = str(shared_data())
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("RAD_DATA_DIR", str(empty))
     out = tmp_path / "out"
     r = cli("reproduce", "--profile", "smoke", "--out", str(out), "--allow-code-execution")
-    assert r.rc == 2 and "RAD_DATA_DIR" in _one_line(r.err) and not out.exists()
+    assert r.rc == 2 and "RAD_DATA_DIR" in one_error_line(r.err) and not out.exists()
     monkeypatch.setenv("RAD_DATA_DIR", data)
     r = cli("reproduce", "--profile", "paper", "--out", str(out), "--allow-code-execution")
-    assert r.rc == 2 and "no GPU" in _one_line(r.err) and not out.exists()
+    assert r.rc == 2 and "no GPU" in one_error_line(r.err) and not out.exists()
 
 
 def test_reproduce_refuses_a_run_folder_of_another_config(smoke_run, tmp_path, cli):
@@ -366,7 +336,7 @@ def test_reproduce_refuses_a_run_folder_of_another_config(smoke_run, tmp_path, c
     other = _bad_yaml(tmp_path, yaml.safe_dump(d))
     before = (smoke_run / "results.json").read_bytes()
     r = cli("reproduce", "--profile", other, "--out", str(smoke_run), "--allow-code-execution")
-    assert r.rc == 2 and "another config" in _one_line(r.err)
+    assert r.rc == 2 and "another config" in one_error_line(r.err)
     assert (smoke_run / "results.json").read_bytes() == before
 
 
@@ -455,4 +425,4 @@ def test_a_committed_run_folder_reports_without_its_step_folders(smoke_run, tmp_
         assert a[key] == b[key], key
     (copy_ / "results.json").unlink()
     r = cli("report", str(copy_), "--out", str(tmp_path / "third"))
-    assert r.rc == 2 and "is missing" in _one_line(r.err)
+    assert r.rc == 2 and "is missing" in one_error_line(r.err)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import TOL, VOCAB, pair
+from tiny_models import N_LAYERS, TOL, pair, random_ids
 
 from rad.method.replace import (
     INITS,
@@ -23,12 +23,7 @@ from rad.runtime.decode import generate, left_pad, speculative_generate
 from rad.runtime.mamba2 import Mamba2
 from rad.runtime.weights import WeightImportError
 
-N_LAYERS = 3  # tiny_models' configs
 layer_sets = st.sets(st.integers(0, N_LAYERS - 1)).map(sorted)
-
-
-def _ids(b: int, T: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (b, T), generator=torch.Generator().manual_seed(seed))
 
 
 def _new_params(model) -> dict[str, torch.nn.Parameter]:
@@ -39,7 +34,7 @@ def _new_params(model) -> dict[str, torch.nn.Parameter]:
 def test_hybrid_without_mamba_layers_is_the_teacher():
     _, teacher = pair("llama")
     hybrid = build_hybrid(teacher, [], "skip")
-    ids = _ids(2, 9)
+    ids = random_ids(2, 9)
     assert torch.equal(hybrid(ids), teacher(ids))
 
 
@@ -66,7 +61,7 @@ def test_kqvo_copies_v_k_q_o_and_changes_the_output():
     _, xb, Bb, Cb, _ = mixer.split_in_proj(mixer.in_proj.bias, dim=0)
     assert torch.equal(xb, vb) and torch.equal(Bb, kb) and torch.equal(Cb, qb)
     assert torch.equal(mixer.out_proj.weight, att.o_proj.weight)
-    ids = _ids(1, 8)
+    ids = random_ids(1, 8)
     assert not torch.allclose(hybrid(ids), teacher(ids, skip=[1]))
     # MLPs, norms, embeddings and the other layers are the teacher's, untouched
     t_sd, h_sd = teacher.state_dict(), hybrid.state_dict()
@@ -104,7 +99,7 @@ FIRST_FULL_GRADIENT = {"kqvo": 1, "skip": 2, "skip-zero": 3}
 @pytest.mark.parametrize("init", sorted(INITS))
 def test_every_new_parameter_receives_gradient(init):
     _, teacher = pair("llama")
-    ids = _ids(2, 12)
+    ids = random_ids(2, 12)
     first = _grads_after(build_hybrid(teacher, [0, 2], init, seed=0), ids, 1)
     assert any(g is not None and g.abs().max() > 0 for g in first.values())
     if init != "kqvo":  # the exactly-zero output means a dead out_proj gradient at step 1
@@ -125,9 +120,9 @@ def test_prefill_then_decode_equals_one_forward(kind, layers, lengths, prefill, 
     padded row gives the logits of that row run alone (padding does not leak)."""
     _, teacher = pair(kind)
     hybrid = build_hybrid(teacher, layers, "kqvo", seed=seed)
-    rows = [_ids(1, n, seed + i)[0].tolist() for i, n in enumerate(lengths)]
+    rows = [random_ids(1, n, seed + i)[0].tolist() for i, n in enumerate(lengths)]
     ids, mask = left_pad(rows, pad_id=0)
-    extra = _ids(len(rows), steps, seed + 99)
+    extra = random_ids(len(rows), steps, seed + 99)
     full_ids = torch.cat([ids, extra], 1)
     full_mask = torch.cat([mask, torch.ones_like(extra)], 1)
     full = hybrid(full_ids, full_mask)
@@ -152,7 +147,7 @@ def test_self_speculative_decoding_on_a_hybrid_is_exact(layers, skip, gamma, see
     """The draft may skip attention and Mamba2 layers alike; the output is plain greedy."""
     _, teacher = pair("llama")
     hybrid = build_hybrid(teacher, layers, "kqvo", seed=seed)
-    ids = _ids(1, 7, seed)
+    ids = random_ids(1, 7, seed)
     plain = generate(hybrid, ids, max_new_tokens=16).tokens[0]
     spec = speculative_generate(hybrid, ids, 16, gamma=gamma, skip=skip)
     assert spec.tokens == plain
@@ -167,7 +162,7 @@ def test_a_hybrid_drafting_for_its_teacher_is_exact(layers, gamma, seed, hybrid_
     _, teacher = pair("llama")
     hybrid = build_hybrid(teacher, layers, "kqvo", seed=seed)
     target, draft = (hybrid, teacher) if hybrid_is_target else (teacher, hybrid)
-    ids = _ids(1, 6, seed)
+    ids = random_ids(1, 6, seed)
     plain = generate(target, ids, max_new_tokens=14).tokens[0]
     assert speculative_generate(target, ids, 14, gamma=gamma, draft=draft).tokens == plain
 
@@ -190,7 +185,7 @@ def test_save_then_load_is_bit_identical(tmp_path, kind):
     save_hybrid(hybrid, cfg, tmp_path)
     loaded = load_model_folder(tmp_path)
     assert loaded.layer_kinds == ["attention", "mamba2", "mamba2"]
-    ids = _ids(2, 10)
+    ids = random_ids(2, 10)
     assert torch.equal(loaded(ids), hybrid(ids))
     d = json.loads((tmp_path / "config.json").read_text())
     assert d["mamba_layers"] == [1, 2] and d["init"] == "kqvo" and d["base_model"] == f"tiny-{kind}"
@@ -224,7 +219,7 @@ def test_throughput_cache_replication_decodes_like_the_original_row():
 
     _, teacher = pair("llama")
     hybrid = build_hybrid(teacher, [1], "kqvo", seed=0)
-    ids = _ids(1, 9)
+    ids = random_ids(1, 9)
     one = hybrid.allocate_cache(1, 12)
     hybrid(ids, cache=one)
     many = hybrid.allocate_cache(3, 12)

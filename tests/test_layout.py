@@ -23,7 +23,7 @@ PACKAGES = ("rad", "baselines", "harness")
 
 # Layers, bottom up: a module may import its own layer and the layers below it only.
 LAYERS = [
-    ("rad.registry", "rad.digest", "harness.common"),  # shared utilities, torch-free
+    ("rad.registry", "rad.digest", "rad.files", "harness.common"),  # shared, torch-free
     ("rad.runtime",),
     ("rad.method",),
     ("baselines",),

@@ -1,4 +1,4 @@
-"""Log-likelihood scoring (issue 15): the shared-context scorer behind the likelihood suite
+"""Log-likelihood scoring: the shared-context scorer behind the likelihood suite
 against one full forward per pair, on attention, hybrid and all-Mamba2 models."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import VOCAB, pair
 
-from harness.tasks.lm_backend import score_continuations
+from harness.tasks import batching
+from harness.tasks.batching import pack, score_continuations
 from rad.method.replace import build_hybrid
 
 PAD = 0
@@ -61,13 +62,31 @@ def test_shared_context_scoring_equals_one_forward_per_pair(layers, questions, b
 
 def test_a_context_is_prefilled_once_per_batch(monkeypatch):
     """Two choices of one question: the context runs once (one prefill row), not twice."""
-    from harness.tasks import lm_backend
     rows = []
-    real = lm_backend.prefill
-    monkeypatch.setattr(lm_backend, "prefill",
+    real = batching.prefill
+    monkeypatch.setattr(batching, "prefill",
                         lambda m, ids, mask, cache: rows.append(ids.shape[0]) or real(
                             m, ids, mask, cache))
     ctx = [5, 6, 7, 8]
     score_continuations(_model(()), [(ctx, [9, 10]), (ctx, [11]), ([3, 4], [5])], PAD,
                         batch_size=8)
     assert rows == [2]  # two distinct contexts in one batch
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(st.tuples(st.integers(1, 5), st.integers(0, 40)), max_size=30),
+       max_rows=st.integers(1, 8), max_cells=st.integers(1, 120))
+def test_pack_is_greedy_in_order_and_within_limits(items, max_rows, max_cells):
+    """The one packing of both scorers: the items in order, each batch within both limits
+    (or a lone item), and no batch could have taken the next batch's first item."""
+    batches = pack(items, max_rows, max_cells)
+    assert [j for b in batches for j in b] == list(range(len(items)))
+
+    def fits(batch: list[int]) -> bool:
+        rows = sum(items[j][0] for j in batch)
+        return rows <= max_rows and rows * max(1, *(items[j][1] for j in batch)) <= max_cells
+
+    for b, after in zip(batches, [*batches[1:], None], strict=False):  # [] with [None]
+        assert len(b) == 1 or fits(b)
+        if after is not None:
+            assert not fits(b + after[:1])

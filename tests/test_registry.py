@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-import baselines  # noqa: F401  (registers the baselines)
+from harness.cli import COMMANDS
 from harness.experiment.config import PROFILES, load_config
-from harness.experiment.runner import plan_cells, run_manifest
+from harness.experiment.runner import Runner, plan_cells, run_manifest
 from harness.models import TEACHERS
 from harness.tasks.base import TASKS
 from rad.method.distill.losses import LOSSES
 from rad.method.distill.trainable import TRAINABLE_POLICIES
 from rad.method.recipes import RECIPES, Recipe
 from rad.method.replace import INITS
-from rad.method.select import OBJECTIVES, SELECTORS
+from rad.method.select import OBJECTIVES, RECORDS, SELECTORS
 from rad.registry import Registry, UnknownNameError
 
 
@@ -32,6 +36,44 @@ def test_lookup_names_the_known_choices_in_one_line():
     assert isinstance(e.value, KeyError)  # callers that catch KeyError keep working
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a", 3)
+
+
+def test_plugins_load_once_on_the_first_lookup(tmp_path, monkeypatch):
+    reg: Registry[int] = Registry("widget", plugins=("widget_plugin_for_test",))
+    (tmp_path / "widget_plugin_for_test.py").write_text(
+        "import sys\n"
+        "REG = sys.modules['__registry_under_test__']\n"
+        "REG.loads += 1\n"
+        "REG.register('from-plugin', len(REG))  # a lookup while loading sees what is there\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "__registry_under_test__", reg)
+    monkeypatch.delitem(sys.modules, "widget_plugin_for_test", raising=False)
+    reg.loads = 0
+    reg.register("own", 1)  # registering loads nothing
+    assert reg.loads == 0
+    assert reg.get("from-plugin") == 1 and reg.loads == 1
+    assert reg.names() == ["own", "from-plugin"] and "own" in reg and len(reg) == 2
+    assert reg.loads == 1  # once
+
+    broken: Registry[int] = Registry("gadget", plugins=("no_such_plugin_module_here",))
+    for _ in range(2):  # a plugin that fails to import fails every lookup, loudly
+        with pytest.raises(ModuleNotFoundError):
+            broken.names()
+
+
+def test_a_bare_import_of_a_registry_knows_the_baselines():
+    """A library user's fresh interpreter: nothing imported `baselines` for its side effects."""
+    code = ("import sys\n"
+            "from rad.method.recipes import get_recipe\n"
+            "assert 'baselines.recipes' not in sys.modules\n"
+            "r = get_recipe('plain-distill')\n"
+            "assert (r.selector, r.trainable) == ('uniform', 'all'), r\n"
+            "assert r.layer_selector.name == 'uniform'\n"
+            "print('ok')\n")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
 
 
 def test_every_extension_point_is_a_registry():
@@ -55,6 +97,14 @@ def test_facts_live_on_the_entries():
     assert SELECTORS.get("kl-guided").reads == "kl-profile"
     assert SELECTORS.get("all").replaces_all and not SELECTORS.get("random").replaces_all
     assert RECIPES.get("teacher").is_reference and not RECIPES.get("rad").is_reference
+    assert [n for n in RECIPES if not RECIPES.get(n).trains] == ["teacher"]
+    assert all(RECIPES.get(n).trains == (RECIPES.get(n).trainable is not None) for n in RECIPES)
+    # the step that makes each record is the runner's step and the command of that name
+    for kind in RECORDS.values():
+        assert kind.step in Runner.RECORD_STEPS and kind.step in COMMANDS, kind
+    assert {t: TASKS.get(t).item_id for t in ("gsm8k", "piqa", "humaneval", "cruxeval_i")} == {
+        "gsm8k": "doc_id", "piqa": "doc_id", "humaneval": "task_id", "cruxeval_i": "id"}
+    assert TASKS.get("gsm8k").item_correct == "correct_flexible"  # as its headline scores
     assert TASKS.get("humaneval").executes_code and not TASKS.get("gsm8k").executes_code
     assert TASKS.get("cruxeval_i").executes_code and not TASKS.get("cruxeval").executes_code
     assert not TASKS.get("piqa").generates and TASKS.get("cruxeval").generates
@@ -65,6 +115,8 @@ def test_facts_live_on_the_entries():
 
 
 def test_a_recipe_naming_an_unregistered_part_is_refused():
+    with pytest.raises(ValueError, match="trains nothing replaces nothing"):
+        Recipe("x", "uniform", "skip", None)
     with pytest.raises(ValueError, match="unknown selector 'magic'"):
         Recipe("x", "magic", "skip", "ssm-only")
     with pytest.raises(ValueError, match="unknown init 'warm'"):

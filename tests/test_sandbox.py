@@ -118,6 +118,7 @@ def outside():
 
 
 # -- correct programs still pass; broken ones fail --------------------------------------------
+@pytest.mark.slow
 def test_all_canonical_solutions_pass_and_wrong_ones_fail(problems):
     results = run_programs([(p, p["canonical_solution"]) for p in problems], FAST)
     assert [r["task_id"] for r in results if not r["passed"]] == []

@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tiny_models import ours_from_hf, tiny_hf
 
-import baselines  # noqa: F401  (registers the baseline selectors)
 from baselines.selectors.kl_guided import restore_one_kl
 from harness.cli import main
 from rad.method.distill.loop import heldout_kl

@@ -1,27 +1,25 @@
-"""The tasks with signal at small scale (issue 15): PIQA, WinoGrande, LAMBADA through lm-eval's
+"""The tasks with signal at small scale: PIQA, WinoGrande, LAMBADA through lm-eval's
 built-in definitions on local rows, CRUXEval-O / -I, on tiny-random and on real rows."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import types
 from itertools import islice
 from pathlib import Path
 
 import pytest
-import torch
-from test_eval import SHARED_DATA
+from tiny_models import one_line_message, shared_data
 
 from harness.cli import main
 from harness.common.errors import DataError, UserError
 from harness.experiment.config import config_from_dict, load_config
-from harness.models import load_model
 from harness.tasks import cruxeval
-from harness.tasks.base import TASKS
+from harness.tasks.base import TASKS, CodeExecution
+from harness.tasks.batching import score_continuations
 from harness.tasks.cruxeval import CruxSettings, as_literal, predicted_args, prompt_text
 from harness.tasks.data import load_task
-from harness.tasks.lm_backend import RadLM, score_continuations
+from harness.tasks.lm_backend import RadLM
 from harness.tasks.lm_eval_task import LmEvalSettings, run_lm_eval_task
 
 FILES = {"piqa": [("piqa/valid.jsonl", 6), ("piqa/valid-labels.lst", 6)],
@@ -30,40 +28,23 @@ FILES = {"piqa": [("piqa/valid.jsonl", 6), ("piqa/valid-labels.lst", 6)],
          "cruxeval": [("cruxeval/test.jsonl", 6)]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_tiny_models():
-    threads = torch.get_num_threads()
-    torch.set_flush_denormal(True)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(False)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-random")
+pytestmark = pytest.mark.usefixtures("fast_tiny_models")
 
 
 @pytest.fixture
 def rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data folder with the first rows of each new task's shipped files."""
-    if not (SHARED_DATA / "piqa" / "valid.jsonl").is_file():
-        pytest.skip(f"task data not found under {SHARED_DATA}")
+    shared = shared_data()
+    if not (shared / "piqa" / "valid.jsonl").is_file():
+        pytest.skip(f"task data not found under {shared}")
     for files in FILES.values():
         for rel, n in files:
             dest = tmp_path / "data" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(SHARED_DATA / rel, encoding="utf-8") as f:
+            with open(shared / rel, encoding="utf-8") as f:
                 dest.write_text("".join(islice(f, n)), encoding="utf-8")
     monkeypatch.setenv("RAD_DATA_DIR", str(tmp_path / "data"))
     return tmp_path / "data"
-
-
-def _one_line(err) -> str:
-    text = str(err.value)
-    assert "\n" not in text
-    return text
 
 
 # -- loaders -------------------------------------------------------------------------------------
@@ -83,7 +64,7 @@ def test_piqa_bad_labels_name_the_file_and_line(rows: Path, labels: str, problem
     (rows / "piqa/valid-labels.lst").write_text(labels)
     with pytest.raises(DataError) as err:
         load_task("piqa", "validation")
-    assert problem in _one_line(err)
+    assert problem in one_line_message(err)
 
 
 def test_piqa_missing_labels_file(rows: Path):
@@ -115,13 +96,14 @@ def test_malformed_rows_name_file_and_line(rows: Path, task, rel, row, problem):
     split = TASKS.get(task).eval_split
     with pytest.raises(DataError) as err:
         load_task(task, split)
-    assert f"{path}:4: " in _one_line(err) and problem in str(err.value)
+    assert f"{path}:4: " in one_line_message(err) and problem in str(err.value)
 
 
 def test_real_rows_load_in_full(monkeypatch: pytest.MonkeyPatch):
-    if not (SHARED_DATA / "piqa" / "valid.jsonl").is_file():
+    shared = shared_data()
+    if not (shared / "piqa" / "valid.jsonl").is_file():
         pytest.skip("no shared data")
-    monkeypatch.setenv("RAD_DATA_DIR", str(SHARED_DATA))
+    monkeypatch.setenv("RAD_DATA_DIR", str(shared))
     counts = {"piqa": 1838, "winogrande": 1267, "lambada_openai": 5153, "cruxeval": 800}
     for task, n in counts.items():
         assert len(load_task(task, TASKS.get(task).eval_split)) == n
@@ -217,7 +199,7 @@ def test_output_prediction_hand_checked_real_items(rows):
 
 def test_input_prediction_runs_the_datasets_function_contained():
     task = TASKS.get("cruxeval_i")
-    cfg = types.SimpleNamespace(allow_code_execution=True)
+    cfg = CodeExecution(allow_code_execution=True)
     outs = ["3) == 1", "5)", "2) == 1", "'a') == 1", "__import__('os').getpid()) == 1", ""]
     recs = task.score([DOC] * 6, outs, CruxSettings(), cfg)
     assert [r["correct"] for r in recs] == [True, True, False, False, False, False]
@@ -229,7 +211,7 @@ def test_input_prediction_runs_the_datasets_function_contained():
 def test_input_prediction_hand_checked_real_items(rows):
     task = TASKS.get("cruxeval_i")
     docs = task.docs(3, None)
-    cfg = types.SimpleNamespace(allow_code_execution=True)
+    cfg = CodeExecution(allow_code_execution=True)
     gold = [f"{d['input']}) == {d['output']}" for d in docs]
     assert all(r["correct"] for r in task.score(docs, gold, CruxSettings(), cfg))
     # sample_1: f(a, b, c) returns dict.fromkeys over its three lists: {1: None, 2: None}
@@ -242,7 +224,7 @@ def test_input_prediction_needs_the_opt_in(monkeypatch):
     monkeypatch.delenv("RAD_ALLOW_CODE_EXECUTION", raising=False)
     with pytest.raises(UserError, match="CRUXEval-I"):
         TASKS.get("cruxeval_i").score([DOC], ["3)"], CruxSettings(),
-                                      types.SimpleNamespace(allow_code_execution=False))
+                                      CodeExecution(allow_code_execution=False))
 
 
 def test_predicted_args_parsing():
@@ -298,8 +280,9 @@ def test_module_has_no_exec_of_model_text():
 
 # -- the cpu profile's sizes ----------------------------------------------------------------------
 def test_cpu_profile_is_sized_for_power():
-    """Issue 15's floor: every likelihood task on >= 500 items, CRUXEval-O on >= 200, the
-    paper's generation tasks kept."""
+    """The floor that makes the accuracy claims decidable (MDE ~0.04 on the pooled suite, see
+    results/cpu/LEADERBOARD.md): every likelihood task on >= 500 items, CRUXEval-O on >= 200,
+    the paper's generation tasks kept."""
     e = load_config("cpu").eval
     n = {t: e.limits.get(t, e.limit) for t in e.tasks}
     assert all(n[t] >= 500 for t in ("piqa", "winogrande", "lambada_openai"))

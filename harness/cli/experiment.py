@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.cli.args import add_compile_arg
 from harness.common.files import check_output_file
-from harness.experiment.config import load_config
+from harness.experiment.config import load_config, profile_names
 from harness.experiment.estimate import dry_run_lines
 from harness.experiment.runner import Runner, preflight
 from harness.report.run_report import REPORT_FILES, write_report
@@ -20,13 +20,14 @@ def add_parser(sub, name: str, help_text: str) -> None:
         name, help=help_text,
         description="Runs a profile (harness/experiment/profiles/NAME.yaml, or any YAML config "
         "by path): RAD's diagnosis and Bayesian selection once, then per method x seed: build "
-        "+ distil -> evaluate (GSM8K, MATH-500, HumanEval) -> decode throughput beside the base "
+        "+ distil -> evaluate (the profile's tasks) -> decode throughput beside the base "
         "model. Each step is keyed by a hash of its inputs, so a re-run skips finished work and "
         "a killed run resumes. Writes OUT/results.json, LEADERBOARD.md, leaderboard.csv and "
         "plots (see 'rad report').")
     rp.add_argument("--profile", default="cpu",
-                    help="smoke (CI, minutes), cpu (embedded teacher, ~1 h on 2 cores), paper "
-                    "(GPU scale), or a path to a .yaml config (default cpu)")
+                    help=f"a shipped profile ({', '.join(profile_names())}; smoke takes about "
+                    "a minute, cpu ~1.5 h on 2 cores, paper needs GPUs) or a path to a .yaml "
+                    "config (default cpu)")
     rp.add_argument("--out", type=Path,
                     help="run folder (default results/<profile>; large artefacts go to "
                     "OUT/steps, which git ignores)")
@@ -50,16 +51,18 @@ def cmd_reproduce(args) -> int:
             print(line)
         return 0
     allow = code_execution_allowed(args.allow_code_execution)
-    preflight(cfg, out, allow)  # everything that can fail on input fails here, before writing
+    # Under torchrun the world starts first: it sets this rank's device, which the base model
+    # then loads onto, once (distillation and evaluation shard over the ranks).
+    world = init_world(cfg.device)
+    base = preflight(cfg, out, allow)  # everything that can fail on input fails here
     for name in REPORT_FILES:
         check_output_file(out / name)
-    world = init_world(cfg.device)  # under torchrun: distillation and evaluation shard
     t0 = time.time()
     if world.is_main:
         print(f"rad reproduce --profile {cfg.profile}: {cfg.model}, methods "
               f"{', '.join(cfg.methods)}, seeds {cfg.seeds}, k={cfg.k}; run folder {out}"
               + (f"; {world.size} ranks" if world.distributed else ""))
-    Runner(cfg, out, allow).run()
+    Runner(cfg, out, allow, base).run()
     if not world.is_main:
         return 0
     for path in write_report(out):

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.common.errors import CacheError, UserError
+from rad.files import atomic_write
 
 
 def cache_dir() -> Path:
@@ -51,23 +52,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `path` via a temporary sibling and a rename: readers never see half a file."""
-    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        atomic_write(path, lambda tmp: tmp.write_text(text))
     except OSError as e:
         raise CacheError(f"cannot write {path} ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise CacheError(f"cannot write {path} ({e.strerror})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_output_file(path: Path) -> Path:

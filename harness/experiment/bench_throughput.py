@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import baselines  # noqa: F401  (registers the uniform selector of the comparison models)
 from harness.common.provenance import provenance
 from rad.method.replace import build_hybrid
 from rad.method.select import SelectionRequest, get_selector

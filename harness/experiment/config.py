@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-import baselines  # noqa: F401  (registers the baselines' selectors and recipes)
 from harness.common.errors import UserError
 from harness.experiment.prompt_sets import parse_spec
 from harness.models import DTYPES

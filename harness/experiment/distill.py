@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import baselines  # noqa: F401  (registers the baselines' selectors and recipes)
 from harness.common.errors import UserError
 from harness.common.files import atomic_write_text, ensure_writable_dir
 from harness.common.provenance import provenance
@@ -121,7 +120,7 @@ def _layers(recipe: Recipe, req: DistillRequest, lm: LoadedModel) -> tuple[list[
     kind = RECORDS[selector.reads]
     if req.selection is None:
         raise UserError(f"method {recipe.name} needs --selection {kind.file} from "
-                        f"'{kind.made_by} --model {req.model}' (its selector reads it)")
+                        f"'{kind.command} --model {req.model}' (its selector reads it)")
     record = _read_record(req.selection, selector.reads, req.model, lm)
     try:
         layers = selector(SelectionRequest(n, k, req.seed, context={"record": record}))
@@ -152,7 +151,7 @@ def _read_record(path: Path, kind: str, model: str, lm: LoadedModel) -> dict:
         raise UserError(f"cannot read {path}: {e}") from None
     if _record_kind(record) != kind:
         raise UserError(f"{path} is not a {RECORDS[kind].file} record (from "
-                        f"'{RECORDS[kind].made_by}')")
+                        f"'{RECORDS[kind].command}')")
     n = lm.model.cfg.n_layers
     if sel_model in TEACHERS:  # by name or its cache folder; never build a teacher to compare
         folder = teacher_cache_dir(sel_model)

@@ -27,9 +27,12 @@ from harness.common.errors import UserError
 from harness.experiment.config import ExperimentConfig
 from harness.models import parse_dtype, resolve_model_folder
 from harness.tasks.base import TASKS
+from rad.method.distill.parallel import choose
+from rad.method.distill.trainable import TRAINABLE_POLICIES
 from rad.method.recipes import get_recipe
 from rad.runtime.config import ModelConfig
-from rad.runtime.mamba2 import Mamba2, Mamba2Sizes
+from rad.runtime.distributed import World
+from rad.runtime.mamba2 import Mamba2Sizes
 from rad.runtime.model import Decoder
 
 MODEL_CONFIGS = Path(__file__).with_name("model_configs")  # hub ids -> shipped config.json
@@ -49,10 +52,11 @@ class Gpu:
     mfu: float = 0.35  # sustained share of it in training and prefill (assumed)
     bandwidth: float = 3.35e12  # HBM bytes/s (H100 SXM; an H200 has 4.8e12)
     bandwidth_use: float = 0.5  # sustained share while decoding (assumed)
-    # Measured, not assumed: our runtime's decode step is launch- and sync-bound on an H200,
-    # ~2 ms per layer per step (results/gpu/README.md). It dominates decoding until the step
-    # is compiled or captured in a CUDA graph.
-    step_s_per_layer: float = 2e-3
+    # Measured, not assumed: our compiled (CUDA-graph) decode step on an H200 ran the
+    # SmolLM2-135M shape (30 layers) at 683 tok/s at batch 1, 1.46 ms per step of which ~0.16
+    # is reading the weights: ~45 us per layer per step of host and launch overhead
+    # (results/gpu/README.md; the eager step was ~2 ms per layer).
+    step_s_per_layer: float = 45e-6
 
 
 @dataclass
@@ -99,6 +103,18 @@ def decode_seconds(model: Decoder, gpu: Gpu, steps: int, batch: int, context: in
                     + gpu.step_s_per_layer * model.cfg.n_layers)
 
 
+def search_seconds(model: Decoder, gpu: Gpu, objective: str, skip_sets: int, prompts: int,
+                   new_tokens: int, gamma: int, context: int) -> float:
+    """Scoring `skip_sets` skip sets on `prompts` x `new_tokens` tokens. Real decoding: every
+    set decodes every token at batch 1. Teacher-forced: the verifier decodes once, then each
+    set costs gamma batched forwards over every round start (compute, not bandwidth)."""
+    if objective != "teacher-forced":
+        return decode_seconds(model, gpu, skip_sets * prompts * new_tokens, 1, context)
+    trace = decode_seconds(model, gpu, prompts * new_tokens, 1, context)
+    return trace + skip_sets * flops_seconds(2 * params(model) * gamma * prompts * new_tokens,
+                                             gpu)
+
+
 def flops_seconds(flops: float, gpu: Gpu) -> float:
     return flops / (gpu.flops * gpu.mfu)
 
@@ -123,14 +139,15 @@ def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu(), ranks: int = 8) -> list[Step]:
     spec_ctx = PROMPT_TOKENS + s.max_new_tokens
     steps = [
         Step("diagnose", f"{cfg.model}: each of {student_cfg.n_layers} layers skipped alone, "
-             f"{n_prompts} prompts x {s.max_new_tokens} tokens",
+             f"{n_prompts} prompts x {s.max_new_tokens} tokens, {s.objective}",
              (weight_bytes(base) + base.state_bytes(1, spec_ctx)) / GB,
-             decode_seconds(base, gpu, (student_cfg.n_layers + 1) * n_prompts * s.max_new_tokens,
-                            1, spec_ctx), False),
-        Step("select", f"{s.trials} trials x {n_prompts} prompts x {s.max_new_tokens} tokens",
+             search_seconds(base, gpu, s.objective, student_cfg.n_layers + 1, n_prompts,
+                            s.max_new_tokens, s.gamma, spec_ctx), False),
+        Step("select", f"{s.trials} trials x {n_prompts} prompts x {s.max_new_tokens} tokens, "
+             f"{s.objective}",
              (weight_bytes(base) + base.state_bytes(1, spec_ctx)) / GB,
-             decode_seconds(base, gpu, s.trials * n_prompts * s.max_new_tokens, 1, spec_ctx),
-             False),
+             search_seconds(base, gpu, s.objective, s.trials, n_prompts, s.max_new_tokens,
+                            s.gamma, spec_ctx), False),
         Step("teacher targets", f"{cfg.teacher or cfg.model} forward over "
              f"{d.n_train + d.n_heldout} x {d.seq_len} tokens, top-{d.topk} kept (cached once)",
              (weight_bytes(teacher) + 4 * d.seq_len * teacher_cfg.vocab_size * 4) / GB,
@@ -146,17 +163,17 @@ def plan(cfg: ExperimentConfig, gpu: Gpu = Gpu(), ranks: int = 8) -> list[Step]:
             if recipe.layer_selector.replaces_all else cfg.k
         model = meta_model(student_cfg, k, cfg.dtype)
         n = params(model)
-        trained = n if recipe.trainable == "all" else sum(  # ssm-only: the new mixers
-            p.numel() for blk in model.layers if isinstance(blk.mixer, Mamba2)
-            for p in blk.mixer.parameters())
+        # the recipe's policy picks its parameters on the meta model, as it will on the real one
+        trained = sum(p.numel() for p in TRAINABLE_POLICIES.get(recipe.trainable)(model).values()
+                      ) if recipe.trains else 0
         for seed in cfg.seeds[:1] if not recipe.trains else cfg.seeds_for(method):
             # (an untrained row's evaluation and bench have one step key for every seed)
             cell = f"{method}-s{seed}"
             if recipe.trains:
                 shardable, rest = training_memory(model, trained, d.batch_size, d.seq_len)
                 flops = tokens * (4 * n + 2 * trained)  # forward, activation and weight grads
-                fsdp = ((shardable / ranks + rest) / GB  # FSDP2 runs when every weight trains
-                        if recipe.trainable == "all" else None)
+                fsdp = ((shardable / ranks + rest) / GB  # the strategy `auto` picks over ranks
+                        if choose("auto", World(0, ranks), trained, n) == "fsdp" else None)
                 steps.append(Step(f"distill {cell}", f"{d.steps} steps x {d.batch_size} x "
                                   f"{d.grad_accum} x {d.seq_len} tokens, {trained / 1e9:.2f}B "
                                   "trained", (shardable + rest) / GB, flops_seconds(flops, gpu),
@@ -197,7 +214,7 @@ def dry_run_lines(cfg: ExperimentConfig, out: Path, gpu: Gpu = Gpu(), ranks: int
              f"estimates for one {gpu.name}: {gpu.mfu:.0%} of {gpu.flops / 1e12:.0f} TFLOP/s "
              f"bf16 in training and prefill, {gpu.bandwidth_use:.0%} of "
              f"{gpu.bandwidth / 1e12:.2f} TB/s while decoding (assumed), plus "
-             f"{gpu.step_s_per_layer * 1e3:.0f} ms per layer per decode step (our runtime, "
+             f"{gpu.step_s_per_layer * 1e6:.0f} us per layer per decode step (our runtime, "
              "measured on an H200: results/gpu/README.md)",
              "", "| step | what | memory GB/GPU | fits | time, 1 GPU | "
              f"time, {ranks} GPUs |", "|---|---|---|---|---|---|"]

@@ -39,18 +39,15 @@ from harness.experiment.selection import (
     workload_for,
 )
 from harness.experiment.steps import StepStore
-from harness.models import load_model
+from harness.models import LoadedModel, load_model
 from harness.report.schema import CELLS_DIR, RUN_FILE, STEPS_DIR, cell_name
-from harness.tasks.base import TASKS
+from harness.tasks.base import TASKS, CodeExecution, Decoding, Problems, Task
 from harness.tasks.data import load_task
 from harness.tasks.evaluate import EvalConfig, run_eval, validate
 from rad.method.diagnose import SpecSettings
 from rad.method.recipes import get_recipe
-from rad.method.select import OBJECTIVES, RECORDS
+from rad.method.select import RECORDS
 from rad.runtime.distributed import current_world
-
-# record a selector reads -> the step that writes it
-PRODUCER = {"selection": "select", "redundancy": "diagnose", "kl-profile": "kl-profile"}
 
 
 @dataclass(frozen=True)
@@ -79,28 +76,41 @@ def run_manifest(cfg: ExperimentConfig) -> dict:
                             "description": get_recipe(m).description} for m in cfg.methods}}
 
 
-def _items(samples: Path) -> dict:
+def _items(task: Task, samples: Path) -> dict:
     """Per evaluated problem (first sample of each), its id and whether it was right."""
     ids, correct, seen = [], [], set()
     for line in samples.read_text().splitlines():
         rec = json.loads(line)
-        key = next(rec[k] for k in ("doc_id", "id", "task_id") if k in rec)
+        key = rec[task.item_id]
         if key in seen:
             continue
         seen.add(key)
         ids.append(key)
-        correct.append(int(bool(rec.get("correct_flexible", rec["correct"]))))
+        correct.append(int(bool(rec[task.item_correct])))
     return {"ids": ids, "correct": correct}
 
 
+def load_base(cfg: ExperimentConfig) -> LoadedModel:
+    """The base model, once per process, under the process settings the whole run computes
+    with. Denormal flushing changes float results; eval turns it on, so it is on from the
+    start (a resumed run must compute exactly what an uninterrupted one does)."""
+    torch.set_flush_denormal(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+
 # -- preflight: everything that can fail is checked before anything is written --------------------
-def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
-    """Data, opt-in, model, k, and the run folder; returns the loaded base model."""
+def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool) -> LoadedModel:
+    """Data, opt-in, model, k, and the run folder; returns the loaded base model, which the
+    `Runner` then uses (under torchrun: after `init_world`, so it lands on this rank's
+    device)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"profile {cfg.profile} runs on cuda, and no GPU is visible here")
-    validate(EvalConfig(model=cfg.model, tasks=cfg.eval.tasks, limit=cfg.eval.limit,
-                        sample_seed=cfg.eval.sample_seed, chat=cfg.eval.chat,
-                        allow_code_execution=allow_code_execution))
+    validate(EvalConfig(model=cfg.model, tasks=cfg.eval.tasks,
+                        problems=Problems(limit=cfg.eval.limit,
+                                          sample_seed=cfg.eval.sample_seed, chat=cfg.eval.chat),
+                        execution=CodeExecution(allow_code_execution=allow_code_execution)))
     load_task("gsm8k", "train")  # distillation data and the selection prompts
     run_file = out / RUN_FILE
     if run_file.exists():
@@ -113,7 +123,7 @@ def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
                             f"{cfg.config_hash()}); choose another --out or remove it")
     elif out.exists() and any(p.name in (STEPS_DIR, CELLS_DIR) for p in out.iterdir()):
         raise UserError(f"{out} holds run artefacts without {RUN_FILE}; remove them first")
-    base = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    base = load_base(cfg)
     n = base.model.cfg.n_layers
     if not 1 <= cfg.k <= n:
         raise UserError(f"k = {cfg.k} is out of range 1..{n} ({cfg.model} has {n} layers)")
@@ -123,7 +133,8 @@ def preflight(cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
 
 # -- steps ----------------------------------------------------------------------------------------
 class Runner:
-    def __init__(self, cfg: ExperimentConfig, out: Path, allow_code_execution: bool):
+    def __init__(self, cfg: ExperimentConfig, out: Path, allow_code_execution: bool,
+                 base: LoadedModel):
         self.cfg = cfg
         self.out = Path(out).resolve()
         self.allow = allow_code_execution
@@ -132,7 +143,7 @@ class Runner:
         self.provenance = provenance()
         self.world = current_world()  # under torchrun: rank 0 writes, sharded steps run on all
         self.store = StepStore(self.out, code_version(), self.provenance, self.world)
-        self.base = None  # LoadedModel, set by run()
+        self.base = base  # from `preflight`, loaded once
         self._work: Workload | None = None
         self._records: dict[str, tuple[Path, dict]] = {}  # step name -> (folder, record)
 
@@ -150,36 +161,39 @@ class Runner:
         return {"model": self.cfg.model, "dtype": self.cfg.dtype, "prompts": s.prompts,
                 "gamma": s.gamma, "max_new_tokens": s.max_new_tokens}
 
-    def diagnose(self) -> tuple[Path, dict]:
-        """RAD step 1: the redundancy profile, measured as the search's objective measures."""
+    # Each step that makes a record (see `RECORDS`) has one signature: (seed, steps) -> its
+    # folder, its record and those of the steps it read noted in `steps`.
+    def diagnose(self, seed: int, steps: dict[str, dict]) -> Path:
+        """RAD step 1: the redundancy profile, measured as the search's objective measures
+        (once per profile: `seed` is unused)."""
         if "diagnose" not in self._records:
             objective = self.cfg.selection.objective
-            inputs = {**self._selection_inputs(),
-                      # decoding-measured profiles keep the key they had before this input
-                      **({"objective": objective}
-                         if OBJECTIVES.get(objective).teacher_forced else {})}
+            inputs = {**self._selection_inputs(), "objective": objective}
             self._records["diagnose"] = self.store.run(
                 "diagnose", inputs, lambda d: run_diagnose(self._workload(), d, objective),
                 label="(all layers)")
-        return self._records["diagnose"]
+        folder, steps["diagnose"] = self._records["diagnose"]
+        return folder
 
-    def select(self, seed: int) -> tuple[Path, dict, dict]:
-        """RAD step 2 for one seed: (select folder, its record, the diagnose record)."""
-        diag, diag_rec = self.diagnose()
+    def select(self, seed: int, steps: dict[str, dict]) -> Path:
+        """RAD step 2 for one seed, after the diagnosis that warm-starts it."""
+        diag = self.diagnose(seed, steps)
         key = f"select-{seed}"
         if key not in self._records:
             s = self.cfg.selection
-            inputs = {**self._selection_inputs(), "diagnose": diag_rec["key"], "k": self.cfg.k,
-                      "trials": s.trials, "objective": s.objective, "seed": seed,
-                      **({"sampler": s.sampler} if s.sampler != "tpe" else {})}
+            inputs = {**self._selection_inputs(), "diagnose": steps["diagnose"]["key"],
+                      "k": self.cfg.k, "trials": s.trials, "objective": s.objective,
+                      "seed": seed, "sampler": s.sampler}
             self._records[key] = self.store.run(
                 "select", inputs,
                 lambda d: run_select(self._workload(), self.cfg.k, s.trials, s.objective, seed,
                                      d, None, diag / RECORDS["redundancy"].file, s.sampler),
                 resumable=True, label=f"(k={self.cfg.k}, seed {seed})")  # the study resumes
-        return (*self._records[key], diag_rec)
+        folder, steps["select"] = self._records[key]
+        return folder
 
-    def kl_profile(self) -> tuple[Path, dict]:
+    def kl_profile(self, seed: int, steps: dict[str, dict]) -> Path:
+        """The restore-one-layer KL profile (once per profile: `seed` is unused)."""
         if "kl-profile" not in self._records:
             cfg = self.cfg
             _, data_cfg = distill_configs(get_recipe("rad"), asdict(cfg.distill))
@@ -193,18 +207,11 @@ class Runner:
                                cfg.dtype)
             self._records["kl-profile"] = self.store.run("kl-profile", inputs, fn,
                                                          label="(all layers)")
-        return self._records["kl-profile"]
+        folder, steps["kl-profile"] = self._records["kl-profile"]
+        return folder
 
-    def record_for(self, reads: str, seed: int, steps: dict[str, dict]) -> Path:
-        """The record file a selector reads, its step (and the steps it read) noted in
-        `steps`."""
-        if reads == "selection":
-            folder, steps["select"], steps["diagnose"] = self.select(seed)
-        elif reads == "redundancy":
-            folder, steps["diagnose"] = self.diagnose()
-        else:
-            folder, steps["kl-profile"] = self.kl_profile()
-        return folder / RECORDS[reads].file
+    # a record kind's step (`RecordKind.step`) -> the method that runs it
+    RECORD_STEPS = {"diagnose": diagnose, "select": select, "kl-profile": kl_profile}
 
     # per cell ---------------------------------------------------------------------------------
     def distill(self, cell: Cell, steps: dict[str, dict]) -> Path:
@@ -217,8 +224,9 @@ class Runner:
         selection = None
         reads = recipe.layer_selector.reads
         if reads is not None:
-            selection = self.record_for(reads, cell.seed, steps)
-            inputs[PRODUCER[reads]] = steps[PRODUCER[reads]]["key"]
+            kind = RECORDS[reads]
+            selection = self.RECORD_STEPS[kind.step](self, cell.seed, steps) / kind.file
+            inputs[kind.step] = steps[kind.step]["key"]
         k = None if recipe.layer_selector.replaces_all else self.cfg.k
         req = lambda folder: DistillRequest(  # noqa: E731
             cell.method, self.cfg.model, k, cell.seed, folder, train, data, self.cfg.teacher,
@@ -235,12 +243,13 @@ class Runner:
 
         def fn(folder: Path) -> None:
             run_eval(EvalConfig(
-                model=model, tasks=e.tasks, dtype=self.cfg.dtype, limit=e.limit,
-                task_limits=dict(e.limits),
-                sample_seed=e.sample_seed, chat=e.chat, batch_size=e.batch_size,
-                max_gen_toks=e.max_gen_toks, allow_code_execution=self.allow,
-                json_path=folder / "eval.json", threads=self.cfg.threads,
-                device=self.cfg.device))
+                model=model, tasks=e.tasks,
+                problems=Problems(limit=e.limit, task_limits=dict(e.limits),
+                                  sample_seed=e.sample_seed, chat=e.chat),
+                decoding=Decoding(batch_size=e.batch_size, max_gen_toks=e.max_gen_toks),
+                execution=CodeExecution(allow_code_execution=self.allow),
+                dtype=self.cfg.dtype, device=self.cfg.device, threads=self.cfg.threads,
+                json_path=folder / "eval.json"))
         return self.store.run("eval", inputs, fn, label=label, every_rank=True)
 
     def bench(self, model: str | None, model_key: str, label: str) -> tuple[Path, dict]:
@@ -282,7 +291,7 @@ class Runner:
         ev = json.loads((eval_dir / "eval.json").read_text())
         for task in self.cfg.eval.tasks:
             metrics[task] = ev["tasks"][task]["metrics"][TASKS.get(task).headline]
-            items[task] = _items(eval_dir / ev["tasks"][task]["samples_file"])
+            items[task] = _items(TASKS.get(task), eval_dir / ev["tasks"][task]["samples_file"])
         metrics["eval_n"] = min(ev["tasks"][t]["n"] for t in self.cfg.eval.tasks)
         bench_dir, steps["bench"] = self.bench(model, model_key, cell.name)
         bench = json.loads((bench_dir / "bench.json").read_text())
@@ -307,12 +316,6 @@ class Runner:
 
     def run(self) -> list[dict]:
         cfg = self.cfg
-        # Denormal flushing changes float results; eval turns it on, so it is on from the start
-        # (a resumed run must compute exactly what an uninterrupted one does).
-        torch.set_flush_denormal(True)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.base = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         if self.world.is_main:
             atomic_write_text(self.out / RUN_FILE, json.dumps(run_manifest(cfg), indent=2))
         cells = plan_cells(cfg)

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import baselines  # noqa: F401  (registers the baselines' selectors: warm starts, comparisons)
 from baselines.selectors.kl_guided import restore_one_kl
 from harness.common.errors import UserError
 from harness.common.files import atomic_write_text, check_output_file, read_json
@@ -154,7 +153,7 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
     return path
 
 
-# -- compare-sets: the measurement the selection issue asks for ----------------------------------
+# -- compare-sets: does the fast objective rank skip sets as real decoding's speed does? --------
 def run_compare(w: Workload, sets: dict[str, list[int]], repeats: int, out: Path) -> Path:
     """Each skip set's acceptance and its speedup over plain greedy decoding, timed side by side
     (plain greedy runs in every repeat beside the sets; speedup = median of per-repeat ratios),

@@ -45,7 +45,7 @@ def _load(path: Path, what: str) -> dict:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else None
         raise GateInputError(f"{what} {path} has schema {found!r}, expected {SCHEMA!r} (a "
-                             "results.json written by 'rad report')")
+                             "results.json written by this version's 'rad report')")
     return data
 
 

@@ -38,6 +38,11 @@ def collect(run: Path) -> dict:
     cells = [by_name[n] for n in info["cells"] if n in by_name]
     if not cells:
         raise UserError(f"{run} has no finished cells yet; run 'rad reproduce' first")
+    old = next((n for n in info["cells"] if n in by_name and "items" not in by_name[n]), None)
+    if old is not None:
+        raise UserError(f"{run / CELLS_DIR / old}.json has no per-item records (written by an "
+                        f"older rad-harness, before {SCHEMA}); re-run 'rad reproduce' into "
+                        "this folder to rewrite it")
     tasks = info["tasks"]
     for c in cells:
         c["metrics"]["state_mib"] = c["metrics"]["state_bytes"] / 2**20
@@ -70,7 +75,7 @@ def collect(run: Path) -> dict:
                 curves[name] = [{k: e[k] for k in ("step", "heldout_kl", "wall_s", "train_loss")}
                                 for e in map(json.loads, path.read_text().splitlines())]
             else:
-                curves[name] = _recorded(previous, c, "distill", path)["curves"][name]
+                curves[name] = _recorded(previous, c, "distill", path, "curves")[name]
     redundancy = _step_record(run, cells, previous, "diagnose", "redundancy.json",
                               "redundancy")
     kl_profile = _step_record(run, cells, previous, "kl-profile", "kl_profile.json",
@@ -82,10 +87,8 @@ def collect(run: Path) -> dict:
         if path.exists():
             record = read_json(path, "selection")
         else:
-            prev = _recorded(previous, cell, "select", path)
-            # results.json files written before the search ran per seed hold one `selection`
-            old = prev.get("selections") or [{**prev["selection"], "seed": seed}]
-            record = next(r for r in old if r["seed"] == seed)
+            record = next(r for r in _recorded(previous, cell, "select", path, "selections")
+                          if r["seed"] == seed)
         selections.append({**record, "seed": seed})
     result = {"schema": SCHEMA, "profile": info["profile"], "config": cfg,
               "eval_task_wall_s": _eval_task_walls(run, cells, tasks, previous),
@@ -121,8 +124,7 @@ def _step_record(run: Path, cells: list[dict], previous: dict, step: str, file: 
     if cell is None:
         return None
     path = run / cell["steps"][step]["folder"] / file
-    return read_json(path, file) if path.exists() else \
-        _recorded(previous, cell, step, path)[key]
+    return read_json(path, file) if path.exists() else _recorded(previous, cell, step, path, key)
 
 
 def _previous(run: Path) -> dict:
@@ -133,14 +135,15 @@ def _previous(run: Path) -> dict:
         return {}
 
 
-def _recorded(previous: dict, cell: dict, step: str, missing: Path) -> dict:
-    """`previous` (an earlier results.json) if it recorded this cell's `step` with the same
-    key, else a one-line error naming the missing file."""
+def _recorded(previous: dict, cell: dict, step: str, missing: Path, entry: str):
+    """`previous[entry]` (an earlier results.json) if it recorded this cell's `step` with the
+    same key, else a one-line error naming the missing file. The key hashes the step's inputs
+    and the code version, so a match is the very record the step wrote."""
     key = cell["steps"][step]["key"]
     for old in previous.get("cells", []):
         if (old["method"], old["seed"]) == (cell["method"], cell["seed"]) and \
-                old["steps"].get(step, {}).get("key") == key:
-            return previous
+                old["steps"].get(step, {}).get("key") == key and entry in previous:
+            return previous[entry]
     raise UserError(f"{missing} is missing and no results.json beside it recorded that step; "
                     "re-run 'rad reproduce' into this folder to rebuild it")
 

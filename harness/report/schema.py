@@ -3,7 +3,9 @@ and gate read. Torch-free, like everything under harness/report/."""
 
 from __future__ import annotations
 
-SCHEMA = "rad-harness/results/v1"  # results.json layout; the gate refuses any other
+# results.json layout; the gate refuses any other. v2: every cell holds its per-item records
+# (the verdict is paired throughout).
+SCHEMA = "rad-harness/results/v2"
 RUN_FILE = "run.json"  # the run's manifest: config, planned cells, task and method facts
 CELLS_DIR = "cells"  # one <method>-s<seed>.json per finished cell
 STEPS_DIR = "steps"  # content-addressed step folders (not committed)

@@ -4,19 +4,16 @@ they are about; everything else comes from the results JSON.
 Claims measured on the same items by both sides (held-out KL per row, accuracy per problem)
 are tested paired (`harness.report.paired`): effect, 95% and Bonferroni-corrected CIs, p-value,
 MDE. The search's own objective and the convergence speed have no per-item measure and keep
-their seed-level comparisons. A results.json written before per-item records existed is
-judged as it was then (means against seed spreads)."""
+their seed-level comparisons."""
 
 from __future__ import annotations
 
-import math
 import statistics
 
 from harness.report.paired import ALPHA, compare_paired, holm, paired_values
 from harness.report.schema import method_of
 from harness.report.stats import (
     CONVERGENCE_REFERENCE,
-    binomial_se,
     compare,
     first_reaching,
     mean_std,
@@ -33,41 +30,12 @@ def _row(result: dict, method: str) -> dict | None:
 
 
 def verdict(result: dict) -> list[dict]:
-    tasks = result["tasks"]
-    rad = _row(result, "rad")
-    if rad is None:
+    if _row(result, "rad") is None:
         return [{"claim": "all", "status": "not tested", "detail": "no rad row"}]
     claims = _paired_claims(result)
-    if not any(c.get("paired") for c in claims):  # a results.json without per-item records
-        return [*_unpaired_kl_claims(result, rad), *_search_claims(
-            result.get("selections") or []), _convergence_claim(result),
-            *_unpaired_accuracy_claims(result, rad, tasks)]
     return [*(c for c in claims if c["kind"] == "kl"),
             *_search_claims(result.get("selections") or []), _convergence_claim(result),
             *(c for c in claims if c["kind"] != "kl")]
-
-
-def _unpaired_kl_claims(result: dict, rad: dict) -> list[dict]:
-    out = []
-    m = rad["metrics"]
-
-    def kl_claim(claim: str, other: str) -> None:
-        row = _row(result, other)
-        if row is None:
-            out.append({"claim": claim, "status": "not tested", "detail": f"no {other} row"})
-            return
-        c = compare(m["heldout_kl"], row["metrics"]["heldout_kl"], False)
-        out.append({"claim": claim, "status": c["status"], "metric": "held-out KL",
-                    "rad": m["heldout_kl"]["mean"], other: row["metrics"]["heldout_kl"]["mean"],
-                    **c, "detail": f"rad {m['heldout_kl']['mean']:.4f} vs {other} "
-                    f"{row['metrics']['heldout_kl']['mean']:.4f} (lower is better): margin "
-                    f"{c['margin']:.4f}, seed spread {c['spread']:.4f}"})
-
-    for other, name in SELECTION_BASELINES:
-        if _row(result, other) is not None or other in ("random-swap", "uniform-swap"):
-            kl_claim(f"selection beats {name} (same init and training)", other)
-    kl_claim("RAD beats plain distillation at equal budget", CONVERGENCE_REFERENCE)
-    return out
 
 
 def _paired_claims(result: dict) -> list[dict]:
@@ -114,8 +82,7 @@ def _paired_claims(result: dict) -> list[dict]:
     for c in out:
         if c not in tested:
             c.update(status="not tested", detail=f"fewer than 2 items with records for both "
-                     f"rad and {c['other']} (results written before paired statistics, or no "
-                     f"{c['other']} row)")
+                     f"rad and {c['other']} (no {c['other']} row, or too few items evaluated)")
             continue
         c.update(paired=True, **compare_paired(pairs[c["claim"]], c["direction"], level,
                                                c["binary"]))
@@ -136,27 +103,6 @@ def _detail(c: dict, m: int) -> str:
             f"[{fmt.format(lo)}, {fmt.format(hi)}]; {c['test']} p = {c['p']:.3g} "
             f"(Holm {c['p_holm']:.3g}); MDE {abs(float(fmt.format(c['mde']))):g} at "
             f"{c['n_items']} items x seeds = {c['n_pairs']} pairs")
-
-
-def _unpaired_accuracy_claims(result: dict, rad: dict, tasks: dict) -> list[dict]:
-    """Older results (no per-item records): rad against the base model, mean against mean."""
-    out = []
-    m = rad["metrics"]
-    teacher = next((r for r in result["leaderboard"] if r["reference"]), None)
-    if teacher is None:
-        return out
-    n = min(c["metrics"]["eval_n"] for c in result["cells"])
-    self_distill = result["config"].get("teacher") in (None, result["config"]["model"])
-    for t in tasks:
-        a, b = m[t], teacher["metrics"][t]
-        c = compare(a, b, tasks[t]["higher_is_better"],
-                    floor=binomial_se(b["mean"], n) * math.sqrt(2))
-        out.append({"claim": ("self-distilled" if self_distill else "distilled")
-                    + f" hybrid surpasses the base model on {tasks[t]['label']}",
-                    "status": c["status"], **c,
-                    "detail": f"rad {a['mean']:.3f} vs base {b['mean']:.3f} on {n} problems"
-                    f" (spread includes the binomial standard error, {c['spread']:.3f})"})
-    return out
 
 
 def _search_claims(selections: list[dict]) -> list[dict]:

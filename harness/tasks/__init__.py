@@ -1,6 +1,7 @@
 """Evaluation: one module per task behind one `Task` interface (`base`), their data (`data`),
-lm-eval's task machinery and our backend for it (`lm_eval_task`, `lm_backend`), contained code
-execution (`sandbox`), fidelity to a teacher (`fidelity`) and `rad eval` itself (`evaluate`).
+batched generation and scoring on the rad runtime (`batching`), lm-eval's task machinery and our
+backend for it (`lm_eval_task`, `lm_backend`), contained code execution (`sandbox`), fidelity to
+a teacher (`fidelity`) and `rad eval` itself (`evaluate`).
 
 Importing this package registers every task. To add a task: write `harness/tasks/<name>.py`
 (its `TaskData` and a `Task` subclass that registers itself) and import it here.

@@ -55,32 +55,52 @@ class TaskData:
         return None if rel is None else (self.root or data_dir)() / rel
 
 
-@dataclass
-class EvalConfig:
-    """The settings of one `rad eval` run; every task reads what applies to it."""
-    model: str | None  # None only with from_samples
-    tasks: list[str]
-    dtype: str = "fp32"
-    limit: int | None = None
+@dataclass(frozen=True)
+class Problems:
+    """Which problems each task scores, and in which prompt format."""
+    limit: int | None = None  # the first N (file order), or N drawn with sample_seed
     task_limits: dict[str, int] = field(default_factory=dict)  # per-task overrides of limit
     sample_seed: int | None = None
-    fewshot: int | None = None
-    chat: bool = False
+    fewshot: int | None = None  # None: the task's own count
+    chat: bool = False  # 0-shot in the model's chat template
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are decoded: batching and length, HumanEval's sampling for pass@k, and the
+    speculative pass that measures the acceptance rate (with a teacher)."""
     batch_size: int = 8
     max_gen_toks: int = 256
-    allow_code_execution: bool = False
-    json_path: Path | None = None
-    teacher: str | None = None
-    fidelity: bool = False
     samples: int = 1  # HumanEval completions per problem
     temperature: float = 0.0
     pass_k: list[int] = field(default_factory=lambda: [1])
-    seed: int = 0
-    exec_timeout: float = 3.0
-    gamma: int = 4
-    spec_tokens: int = 64
-    threads: int | None = None  # torch CPU threads (None: torch's default)
+    seed: int = 0  # sampling seed
+    gamma: int = 4  # draft length of the acceptance pass
+    spec_tokens: int = 64  # new tokens per prompt in the acceptance pass
+
+
+@dataclass(frozen=True)
+class CodeExecution:
+    """Running model-written code (HumanEval, CRUXEval-I): the explicit opt-in, the time limit."""
+    allow_code_execution: bool = False
+    exec_timeout: float = 3.0  # seconds per program
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The settings of one `rad eval` run: what is evaluated where, plus one config per concern;
+    every task reads what applies to it."""
+    model: str | None  # None only with from_samples
+    tasks: list[str]
+    problems: Problems = field(default_factory=Problems)
+    decoding: Decoding = field(default_factory=Decoding)
+    execution: CodeExecution = field(default_factory=CodeExecution)
+    teacher: str | None = None
+    fidelity: bool = False  # fidelity to `teacher`
+    dtype: str = "fp32"
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    json_path: Path | None = None
     from_samples: Path | None = None  # score this samples file instead of generating
 
 
@@ -94,6 +114,10 @@ class Task:
     data: TaskData  # where its rows live and how they are parsed
     eval_split: str = "test"  # the split scored (PIQA and WinoGrande: their validation set)
     reference: str = "reference solution"  # what fidelity teacher-forces (for the record)
+    # Per-sample records (the samples file): the key naming the problem, and the key saying
+    # whether the headline metric counted it right. Paired statistics read these.
+    item_id: str
+    item_correct: str = "correct"
 
     def validate(self, cfg: EvalConfig) -> None:
         """Everything checkable before a model loads (data, options); UserError otherwise."""

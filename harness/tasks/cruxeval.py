@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from harness.common.errors import UserError
 from harness.models import LoadedModel
-from harness.tasks.base import Task, TaskData, register_task
+from harness.tasks.base import CodeExecution, EvalConfig, Task, TaskData, register_task
+from harness.tasks.batching import batched_generate
 from harness.tasks.data import BadRow, doc_indices, load_task
-from harness.tasks.lm_backend import batched_generate
 from harness.tasks.sandbox import ExecLimits, isolation_summary, require_opt_in, run_programs
 from rad.runtime.prompts import render_prompt
 
@@ -154,6 +154,7 @@ class CruxEval(Task):
     headline = "pass@1"
     mode = "output"
     reference = "gold output"
+    item_id = "id"
     data = TaskData(
         label="CRUXEval",
         files={"test": "cruxeval/test.jsonl"},
@@ -162,11 +163,12 @@ class CruxEval(Task):
         hub=("cruxeval-org/cruxeval", None),
     )
 
-    def validate(self, cfg) -> None:
-        if cfg.fewshot is not None and cfg.fewshot not in (0, len(OUTPUT_SHOTS)):
+    def validate(self, cfg: EvalConfig) -> None:
+        fewshot = cfg.problems.fewshot
+        if fewshot is not None and fewshot not in (0, len(OUTPUT_SHOTS)):
             raise UserError(f"{self.label} uses the paper's {len(OUTPUT_SHOTS)} examples "
                             "(plain) or none (--chat); drop --fewshot")
-        if cfg.temperature > 0 or cfg.samples > 1:
+        if cfg.decoding.temperature > 0 or cfg.decoding.samples > 1:
             raise UserError(f"{self.label} is scored greedy, one answer per problem")
         load_task(self.name, self.eval_split)
 
@@ -181,17 +183,18 @@ class CruxEval(Task):
                  d["output"] if self.mode == "output" else f"{d['input']}) == {d['output']}")
                 for d in docs]
 
-    def evaluate(self, lm: LoadedModel, cfg) -> dict[str, Any]:
-        s = CruxSettings(cfg.chat, cfg.limit, cfg.sample_seed, cfg.batch_size,
-                         min(cfg.max_gen_toks, MAX_ANSWER_TOKENS),
-                         ExecLimits(timeout_s=cfg.exec_timeout))
+    def evaluate(self, lm: LoadedModel, cfg: EvalConfig) -> dict[str, Any]:
+        p, d = cfg.problems, cfg.decoding
+        s = CruxSettings(p.chat, p.limit, p.sample_seed, d.batch_size,
+                         min(d.max_gen_toks, MAX_ANSWER_TOKENS),
+                         ExecLimits(timeout_s=cfg.execution.exec_timeout))
         docs = self.docs(s.limit, s.sample_seed)
         texts = [prompt_text(lm.tokenizer, d, self.mode, s.chat) for d in docs]
         ids = [lm.tokenizer(t, add_special_tokens=not s.chat)["input_ids"] for t in texts]
         bar = tqdm(total=len(ids), desc=f"{self.name} generate")
         outs = batched_generate(lm, ids, STOP, s.max_gen_toks, s.batch_size, progress=bar)
         bar.close()
-        records = self.score(docs, outs, s, cfg)
+        records = self.score(docs, outs, s, cfg.execution)
         for rec, text in zip(records, texts, strict=True):
             rec["prompt"] = text
         n = len(records)
@@ -208,7 +211,7 @@ class CruxEval(Task):
                 "records": records}
 
     def score(self, docs: list[dict], outs: list[str], s: CruxSettings,
-              cfg) -> list[dict[str, Any]]:
+              execution: CodeExecution) -> list[dict[str, Any]]:
         """Output prediction: literal == gold literal; no model text is ever run."""
         records = []
         for d, out in zip(docs, outs, strict=True):
@@ -231,15 +234,15 @@ class CruxEvalInput(CruxEval):
     executes_code = True  # the dataset's f, on arguments the model chose
     reference = "gold input"
 
-    def validate(self, cfg) -> None:
-        require_opt_in(cfg.allow_code_execution)
+    def validate(self, cfg: EvalConfig) -> None:
+        require_opt_in(cfg.execution.allow_code_execution)
         super().validate(cfg)
 
     def score(self, docs: list[dict], outs: list[str], s: CruxSettings,
-              cfg) -> list[dict[str, Any]]:
+              execution: CodeExecution) -> list[dict[str, Any]]:
         """Input prediction: the dataset's f runs, contained, on the parsed arguments; the
         check compares its return value (passed back as a literal) with the gold output."""
-        require_opt_in(cfg.allow_code_execution)
+        require_opt_in(execution.allow_code_execution)
         parsed = [predicted_args(out, d["output"]) for d, out in zip(docs, outs, strict=True)]
         jobs = [({"task_id": d["id"], "prompt": d["code"], "entry_point": "f",
                   # args: values parsed from a literal, so repr() writes plain data back

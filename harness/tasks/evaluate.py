@@ -34,17 +34,18 @@ def validate(cfg: EvalConfig) -> None:
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS.names())}")
-    positive = {"--limit": cfg.limit, "--batch-size": cfg.batch_size,
-                "--max-gen-toks": cfg.max_gen_toks, "--samples": cfg.samples,
-                "--gamma": cfg.gamma, "--spec-tokens": cfg.spec_tokens, "--threads": cfg.threads}
+    p, d = cfg.problems, cfg.decoding
+    positive = {"--limit": p.limit, "--batch-size": d.batch_size,
+                "--max-gen-toks": d.max_gen_toks, "--samples": d.samples,
+                "--gamma": d.gamma, "--spec-tokens": d.spec_tokens, "--threads": cfg.threads}
     bad = [k for k, v in positive.items() if v is not None and v < 1]
     if bad:
         raise UserError(f"{bad[0]} must be >= 1")
-    if cfg.sample_seed is not None and cfg.limit is None:
+    if p.sample_seed is not None and p.limit is None:
         raise UserError("--sample-seed draws --limit problems; give --limit too")
-    if cfg.fewshot is not None and cfg.fewshot < 0:
+    if p.fewshot is not None and p.fewshot < 0:
         raise UserError("--fewshot must be >= 0")
-    if cfg.exec_timeout <= 0:
+    if cfg.execution.exec_timeout <= 0:
         raise UserError("--exec-timeout must be > 0")
     if cfg.fidelity != (cfg.teacher is not None):
         raise UserError("--fidelity and --teacher go together (fidelity is measured against "
@@ -61,16 +62,17 @@ def _validate_from_samples(cfg: EvalConfig) -> None:
         raise UserError("--from-samples scores the file's outputs: drop --model and --fidelity")
     if not cfg.from_samples.is_file():
         raise UserError(f"--from-samples: no file {cfg.from_samples}")
-    if cfg.exec_timeout <= 0:
+    if cfg.execution.exec_timeout <= 0:
         raise UserError("--exec-timeout must be > 0")
-    if any(k < 1 for k in cfg.pass_k):
+    if any(k < 1 for k in cfg.decoding.pass_k):
         raise UserError("--pass-k values must be >= 1")
     TASKS.get(cfg.tasks[0]).validate(cfg)
 
 
 def for_task(cfg: EvalConfig, task: str) -> EvalConfig:
     """The config a task runs under: its own limit where `task_limits` names one."""
-    return replace(cfg, limit=cfg.task_limits.get(task, cfg.limit))
+    p = cfg.problems
+    return replace(cfg, problems=replace(p, limit=p.task_limits.get(task, p.limit)))
 
 
 def samples_path(json_path: Path, task: str, kind: str = "samples") -> Path:
@@ -105,9 +107,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             entry["samples_file"] = _write_jsonl(samples_path(cfg.json_path, task), records)
         if teacher is not None:
             t1 = time.perf_counter()
+            p, d = cfg.problems, cfg.decoding
             fid = evaluate_fidelity(lm, teacher, task, FidelitySettings(
-                cfg.chat, for_task(cfg, task).limit, cfg.sample_seed, cfg.batch_size, cfg.gamma,
-                cfg.spec_tokens))
+                p.chat, for_task(cfg, task).problems.limit, p.sample_seed, d.batch_size,
+                d.gamma, d.spec_tokens))
             fid["wall_s"] = round(time.perf_counter() - t1, 2)
             fid_records = fid.pop("records")
             if cfg.json_path:
@@ -138,7 +141,12 @@ def _score_samples(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def _config_record(cfg: EvalConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    """Every setting under its flag's name, one flat object."""
+    concerns = {"problems": cfg.problems, "decoding": cfg.decoding, "execution": cfg.execution}
+    flat = {k: v for k, v in asdict(cfg).items() if k not in concerns}
+    for part in concerns.values():
+        flat.update(asdict(part))
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> str:

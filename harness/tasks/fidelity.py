@@ -20,7 +20,7 @@ from tqdm import tqdm
 from harness.common.errors import UserError
 from harness.models import LoadedModel, require_same_tokenizer
 from harness.tasks.base import TASKS
-from harness.tasks.lm_backend import continuation_logits
+from harness.tasks.batching import continuation_logits
 from rad.runtime.decode import SpecStats, speculative_generate
 
 

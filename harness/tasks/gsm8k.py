@@ -37,6 +37,7 @@ class GSM8K(LmEvalTask):
     name = "gsm8k"
     label = "GSM8K"
     headline = "exact_match_flexible"
+    item_correct = "correct_flexible"  # the flexible extraction, as the headline scores
     yaml_stem = "rad_gsm8k"
     reference = "reference solution (GSM8K calculator annotations removed)"
     data = TaskData(

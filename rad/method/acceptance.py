@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rad.runtime.decode import SpecStats, decode_step, greedy, prefill
+from rad.runtime.decode import SpecStats, cut_at_eos, draft_budget, generate
 from rad.runtime.linear import fast_layout_is_in_major, set_weight_layout
-from rad.runtime.model import Decoder, rotate_half
+from rad.runtime.model import Decoder
 
 
 @dataclass
@@ -73,12 +73,8 @@ def trace_verifier(model: Decoder, prompts: Sequence[torch.Tensor], max_new_toke
     for ids in prompts:
         ids = ids.to(model.device)
         T = ids.shape[1]
-        cache = model.allocate_cache(1, T + max_new_tokens)
-        tok = greedy(prefill(model, ids, None, cache))
-        tokens = [int(tok)]
-        while len(tokens) < max_new_tokens:
-            tok = greedy(decode_step(model, tok, cache))
-            tokens.append(int(tok))
+        # No EOS given to `generate`: the continuation runs on past one.
+        tokens = generate(model, ids, max_new_tokens=max_new_tokens).tokens[0]
         full = torch.cat([ids, torch.tensor([tokens], device=model.device)], 1)
         cache = model.allocate_cache(1, full.shape[1])
         logits = model(full, cache=cache)
@@ -92,8 +88,8 @@ def trace_verifier(model: Decoder, prompts: Sequence[torch.Tensor], max_new_toke
 
 
 def _budget(i: int, max_new_tokens: int, gamma: int) -> int:
-    """Draft tokens in the round that starts with y_i emitted (len(out) = i + 1)."""
-    return max(0, min(gamma, max_new_tokens - i - 2))
+    """Draft tokens in the round that starts with y_i emitted (i + 1 tokens out)."""
+    return draft_budget(i + 1, max_new_tokens, gamma)
 
 
 @torch.inference_mode()
@@ -150,52 +146,58 @@ def accepted_per_round_start(model: Decoder, trace: VerifierTrace, skip: Collect
 def _draft_step(model: Decoder, trace: VerifierTrace, skip: frozenset[int],
                 tokens: torch.Tensor, positions: torch.Tensor, rows: list[torch.Tensor], j: int,
                 gamma: int, own_k: list[dict], own_v: list[dict]) -> torch.Tensor:
-    """Draft step j for the given round starts: the model with `skip` attention bypassed, each
-    query reading the verifier's K/V before its round and its round's own K/V. Logits (Q, V)."""
-    cfg = model.cfg
-    H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    G = H // Hkv
-    h = model.embed(tokens)  # (Q, hidden)
-    cos, sin = model._rope(positions[None], h.dtype)  # (1, 1, Q, D)
-    cos, sin = cos[0, 0][:, None], sin[0, 0][:, None]  # (Q, 1, D)
+    """Draft step j for the given round starts: the model's own layer loop with `skip`
+    attention bypassed, each query (one row of length 1) reading the verifier's K/V before its
+    round and its round's own K/V. Logits (Q, V)."""
+    h = model.embed(tokens)[:, None]  # (Q, 1, hidden)
+    cos, sin = model.rope(positions[:, None], h.dtype)  # (Q, 1, 1, D)
+
+    def mixer_call(layer: int):
+        if layer in skip:
+            return None
+        return lambda attn, x: _prefix_and_own_attention(
+            attn, x, cos, sin, layer, trace, rows, j, gamma, own_k, own_v)
+
+    return model.head(model.run_layers(h, mixer_call))[:, 0]
+
+
+def _prefix_and_own_attention(attn, x, cos, sin, layer: int, trace: VerifierTrace,
+                              rows: list[torch.Tensor], j: int, gamma: int, own_k: list[dict],
+                              own_v: list[dict]) -> torch.Tensor:
+    """Attention of Q one-token queries over two key sets at once: the prompt's shared verifier
+    K/V before each query's round (one copy for all its rounds, not one per row) and the round's
+    own draft K/V. Compared with real self-speculative decoding (SDPA over the shared cache) by
+    tests/test_acceptance.py::test_simulation_equals_real_decoding, exactly in float64."""
+    q, k, v = attn.project(x, cos, sin)  # (Q, H, 1, D), (Q, Hkv, 1, D) x 2
+    Q, H, _, D = q.shape
+    Hkv = attn.n_kv_heads
+    q, k, v = q.reshape(Q, Hkv, H // Hkv, D), k[:, :, 0], v[:, :, 0]
     scale = D ** -0.5
-    for layer, block in enumerate(model.layers):
-        if layer not in skip:
-            attn = block.mixer
-            x = block.mixer_norm(h)
-            qkv = attn.qkv_proj(x).view(len(tokens), -1, D)  # (Q, H + 2*Hkv, D)
-            qk, v = qkv.split((H + Hkv, Hkv), dim=1)
-            qk = qk * cos + rotate_half(qk) * sin
-            q, k = qk.split((H, Hkv), dim=1)
-            outs = []
-            offset = 0
-            for p_idx, (p, r) in enumerate(zip(trace.prompts, rows, strict=True)):
-                n = len(r)
-                if not n:
-                    continue
-                qb = q[offset:offset + n].view(n, Hkv, G, D)
-                kb, vb = k[offset:offset + n], v[offset:offset + n]
-                offset += n
-                store_k = own_k[p_idx].setdefault(layer, torch.zeros(
-                    (max(len(p.tokens) - 1, 0), Hkv, gamma, D), dtype=h.dtype,
-                    device=h.device))
-                store_v = own_v[p_idx].setdefault(layer, torch.zeros_like(store_k))
-                store_k[r, :, j] = kb
-                store_v[r, :, j] = vb
-                ver_k, ver_v = p.keys[layer], p.values[layer]  # (Hkv, P, D)
-                s_ver = torch.einsum("nhgd,hpd->nhgp", qb, ver_k) * scale
-                before = (torch.arange(ver_k.shape[1], device=h.device)[None, :]
-                          < (p.prompt_len + r)[:, None])  # (n, P): the round's prefix
-                s_ver = s_ver.masked_fill(~before[:, None, None, :], float("-inf"))
-                s_own = torch.einsum("nhgd,nhjd->nhgj", qb, store_k[r, :, :j + 1]) * scale
-                w = torch.softmax(torch.cat([s_ver, s_own], -1), -1)
-                P = ver_k.shape[1]
-                o = (torch.einsum("nhgp,hpd->nhgd", w[..., :P], ver_v)
-                     + torch.einsum("nhgj,nhjd->nhgd", w[..., P:], store_v[r, :, :j + 1]))
-                outs.append(o.reshape(n, H * D))
-            h = h + attn.o_proj(torch.cat(outs))
-        h = h + block.mlp(block.mlp_norm(h))
-    return model.lm_head(model.norm(h))
+    outs = []
+    offset = 0
+    for p_idx, (p, r) in enumerate(zip(trace.prompts, rows, strict=True)):
+        n = len(r)
+        if not n:
+            continue
+        qb, kb, vb = q[offset:offset + n], k[offset:offset + n], v[offset:offset + n]
+        offset += n
+        store_k = own_k[p_idx].setdefault(layer, torch.zeros(
+            (max(len(p.tokens) - 1, 0), Hkv, gamma, D), dtype=x.dtype, device=x.device))
+        store_v = own_v[p_idx].setdefault(layer, torch.zeros_like(store_k))
+        store_k[r, :, j] = kb
+        store_v[r, :, j] = vb
+        ver_k, ver_v = p.keys[layer], p.values[layer]  # (Hkv, P, D)
+        s_ver = torch.einsum("nhgd,hpd->nhgp", qb, ver_k) * scale
+        before = (torch.arange(ver_k.shape[1], device=x.device)[None, :]
+                  < (p.prompt_len + r)[:, None])  # (n, P): the round's prefix
+        s_ver = s_ver.masked_fill(~before[:, None, None, :], float("-inf"))
+        s_own = torch.einsum("nhgd,nhjd->nhgj", qb, store_k[r, :, :j + 1]) * scale
+        w = torch.softmax(torch.cat([s_ver, s_own], -1), -1)
+        P = ver_k.shape[1]
+        o = (torch.einsum("nhgp,hpd->nhgd", w[..., :P], ver_v)
+             + torch.einsum("nhgj,nhjd->nhgd", w[..., P:], store_v[r, :, :j + 1]))
+        outs.append(o.reshape(n, H * D))
+    return attn.o_proj(torch.cat(outs))[:, None]  # (Q, 1, hidden)
 
 
 def chain(accepted: Sequence[int], tokens: Sequence[int], max_new_tokens: int, gamma: int,
@@ -210,15 +212,8 @@ def chain(accepted: Sequence[int], tokens: Sequence[int], max_new_tokens: int, g
         stats.accepted += a
         stats.verify_steps += 1
         i += a + 1
-    stats.emitted = _emitted(tokens, max_new_tokens, eos)
+    stats.emitted = len(cut_at_eos(tokens, eos, max_new_tokens))
     return stats
-
-
-def _emitted(tokens: Sequence[int], max_new_tokens: int, eos: Collection[int]) -> int:
-    for n, t in enumerate(tokens[:max_new_tokens], 1):
-        if t in eos:
-            return n
-    return min(len(tokens), max_new_tokens)
 
 
 def simulate_skip_set(model: Decoder, trace: VerifierTrace, skip: Collection[int],

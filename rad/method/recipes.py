@@ -3,7 +3,7 @@
 A method is data, not code: the one distillation loop (`rad.method.distill.loop`) reads a recipe,
 so an ablation is a new registry entry. Every name in a recipe is checked against its registry
 when the recipe is registered. RAD's own recipes live here; the baselines it is compared against
-register theirs in `baselines/recipes.py` (imported by the harness, which composes the two).
+register theirs in `baselines/recipes.py`, which the registry imports on its first lookup.
 """
 
 from __future__ import annotations
@@ -31,17 +31,20 @@ class Recipe:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.selector != NO_SELECTOR:
+        if self.trains:
             for registry, value in ((SELECTORS, self.selector), (INITS, self.init),
                                     (TRAINABLE_POLICIES, self.trainable)):
                 if value not in registry:
                     raise ValueError(f"{self.name}: unknown {registry.kind} {value!r}")
+        elif (self.selector, self.init) != (NO_SELECTOR, None):
+            raise ValueError(f"{self.name}: a recipe that trains nothing replaces nothing "
+                             f"(selector {NO_SELECTOR!r}, init None)")
         if self.loss not in LOSSES:
             raise ValueError(f"{self.name}: unknown loss {self.loss!r}")
 
     @property
     def trains(self) -> bool:
-        return self.selector != NO_SELECTOR
+        return self.trainable is not None
 
     @property
     def is_reference(self) -> bool:
@@ -56,7 +59,8 @@ class Recipe:
         return asdict(self)
 
 
-RECIPES: Registry[Recipe] = Registry("method")
+# The baselines' recipes register from their own package, imported on the first lookup.
+RECIPES: Registry[Recipe] = Registry("method", plugins=("baselines.recipes",))
 
 
 def register_recipe(recipe: Recipe) -> Recipe:

@@ -77,20 +77,26 @@ class Selector:
 
 @dataclass(frozen=True)
 class RecordKind:
-    """A measurement a selector can read: the JSON file that holds it and whether it is made
-    per seed. The runner and `rad distill --selection` produce and pass these files."""
+    """A measurement a selector can read: the JSON file that holds it, whether it is made
+    per seed, and the step that makes it. The runner and `rad distill --selection` produce and
+    pass these files."""
     file: str
     per_seed: bool
-    made_by: str  # the command that writes it, for error messages
+    step: str  # the runner's step that writes it, and the `rad` command of the same name
+
+    @property
+    def command(self) -> str:
+        return f"rad {self.step}"
 
 
 RECORDS: dict[str, RecordKind] = {
-    "selection": RecordKind("selection.json", True, "rad select"),
-    "redundancy": RecordKind("redundancy.json", False, "rad diagnose"),
-    "kl-profile": RecordKind("kl_profile.json", False, "rad kl-profile"),
+    "selection": RecordKind("selection.json", True, "select"),
+    "redundancy": RecordKind("redundancy.json", False, "diagnose"),
+    "kl-profile": RecordKind("kl_profile.json", False, "kl-profile"),
 }
 
-SELECTORS: Registry[Selector] = Registry("selector")
+# The baselines' selectors register from their own package, imported on the first lookup.
+SELECTORS: Registry[Selector] = Registry("selector", plugins=("baselines.selectors",))
 
 
 def register_selector(name: str, description: str = "", reads: str | None = None,

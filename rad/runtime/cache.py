@@ -1,13 +1,16 @@
 """One inference-state object for a whole model: a per-layer state from each mixer, plus the
 bookkeeping every mixer shares (how many slots are filled, which slots hold real tokens).
 
-Protocol for a layer state: `rollback(length)` forgets everything from slot `length` on. For
-attention that is free (stale K/V slots are overwritten before they are read again).
+Protocol for a layer state: `rollback(length)` forgets everything from slot `length` on (for
+attention that is free: stale K/V slots are overwritten before they are read again);
+`copy_rows_from(src)` fills every row from a 1-row state; `nbytes()`; `select_rows(rows)`.
+
+Bookkeeping has one writer each: `InferenceCache.append` is the only way tokens enter the cache
+(slots, validity, RoPE positions, length), and a Mamba2 state advances its own length.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,10 @@ class KVState:
 
     def select_rows(self, rows: torch.Tensor) -> KVState:
         return KVState(self.k[rows], self.v[rows])
+
+    def copy_rows_from(self, src: KVState) -> None:
+        self.k.copy_(src.k.expand_as(self.k))
+        self.v.copy_(src.v.expand_as(self.v))
 
 
 @dataclass
@@ -48,15 +55,20 @@ class InferenceCache:
     def batch(self) -> int:
         return self.key_valid.shape[0]
 
-    def record(self, token_mask: torch.Tensor) -> torch.Tensor:
-        """Mark the next T slots (B, T) and return the validity of all slots so far (B, S)."""
-        end = self.length + token_mask.shape[1]
-        self.key_valid[:, self.length:end] = token_mask
+    def append(self, token_mask: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The one way T tokens per row enter the cache, before the layers write their states.
+        token_mask (B, T): False on left padding. Returns (start, positions, key_valid): the slot
+        of the first new token, each new token's RoPE position (B, T), and the validity of all
+        slots so far (B, start + T)."""
+        start, end = self.length, self.length + token_mask.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"cache holds {self.max_len} tokens; {end} needed")
+        # A row's position counts its real tokens only (padding takes no position).
+        positions = (self.n_valid[:, None] + token_mask.long().cumsum(1) - 1).clamp(min=0)
+        self.key_valid[:, start:end] = token_mask
         self.n_valid += token_mask.sum(1)
-        return self.key_valid[:, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
+        self.length = end
+        return start, positions, self.key_valid[:, :end]
 
     def rollback(self, length: int) -> None:
         """Forget slots [length, self.length): used by speculative decoding on rejection."""
@@ -81,12 +93,7 @@ def replicate(src: InferenceCache, dst: InferenceCache) -> None:
     """Copy a 1-row cache into every row of `dst` (same layer kinds and max_len). Decoding reads
     the same bytes whatever the values are, so a bench prefills one row, not `batch` rows."""
     for s, d in zip(src.states, dst.states, strict=True):
-        for f in dataclasses.fields(d):
-            value = getattr(d, f.name)
-            if isinstance(value, torch.Tensor):
-                value.copy_(getattr(s, f.name).expand_as(value))
-            elif f.name == "length":
-                d.length = s.length
+        d.copy_rows_from(s)
     dst.key_valid.copy_(src.key_valid.expand_as(dst.key_valid))
     dst.n_valid.copy_(src.n_valid.expand_as(dst.n_valid))
     dst.length = src.length

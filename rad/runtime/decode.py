@@ -1,4 +1,4 @@
-"""The one decode core (gpt-fast's shape, STYLE.md item 15): `prefill`, `decode_step`, a sampler,
+"""The one decode core (gpt-fast's shape): `prefill`, `decode_step`, a sampler,
 and the two loops built from them, `generate` and `speculative_generate`. Every caller (the CLI,
 the lm-eval backend, RAD's diagnosis and search, fidelity, the benches) decodes through here, so
 a speed-up or a fix lands everywhere.
@@ -156,15 +156,25 @@ def generate(
     bar.close()
     tokens = [row[:end] if end else row
               for row, end in zip(torch.stack(out, 1).tolist(), ends, strict=True)]
-    return Generation([_cut_at_eos(row, eos_token_ids) for row in tokens], T,
+    return Generation([cut_at_eos(row, eos_token_ids) for row in tokens], T,
                       model.state_bytes(B, T + max_new_tokens))
 
 
-def _cut_at_eos(row: list[int], eos_ids: Collection[int]) -> list[int]:
-    for i, t in enumerate(row):
+def cut_at_eos(tokens: Sequence[int], eos_ids: Collection[int],
+               limit: int | None = None) -> list[int]:
+    """The first `limit` tokens (all: None), ended after the first EOS (kept)."""
+    tokens = list(tokens[:limit])
+    for i, t in enumerate(tokens):
         if t in eos_ids:
-            return row[: i + 1]
-    return row
+            return tokens[: i + 1]
+    return tokens
+
+
+def draft_budget(emitted: int, max_new_tokens: int, gamma: int) -> int:
+    """Tokens a speculative round drafts once `emitted` tokens are out: at most gamma, and no
+    more than fit before the limit, since the verifier adds one of its own. Real decoding and
+    the teacher-forced objective (rad.method.acceptance) both count rounds with it."""
+    return max(0, min(gamma, max_new_tokens - emitted - 1))
 
 
 # -- speculative generate ----------------------------------------------------------------------
@@ -326,8 +336,7 @@ def speculative_generate(
     eos = set(eos_token_ids)
     while len(out) < max_new_tokens and out[-1] not in eos:
         base = cache.length  # the verifier has cached prompt + out[:-1]
-        # The verifier adds one token of its own: draft no more than fits before the limit.
-        budget = min(gamma, max_new_tokens - len(out) - 1)
+        budget = draft_budget(len(out), max_new_tokens, gamma)
         t0 = time.perf_counter()
         guesses = drafter.propose(cache, prompt + out, budget)
         t1 = time.perf_counter()
@@ -341,7 +350,7 @@ def speculative_generate(
         stats.accepted += n_ok
         stats.verify_steps += 1
         out += verified[: n_ok + 1]  # accepted guesses equal the verifier's own tokens
-    out = _truncate(out, max_new_tokens, eos)
+    out = cut_at_eos(out, eos, max_new_tokens)
     stats.emitted = len(out)
     stats.total_s = time.perf_counter() - t_start
     return SpecResult(out, stats)
@@ -356,11 +365,3 @@ def _verify(verify: Stepper, last: int, guesses: list[int]) -> tuple[list[int], 
     while n_ok < len(guesses) and guesses[n_ok] == verified[n_ok]:
         n_ok += 1
     return verified, n_ok
-
-
-def _truncate(tokens: list[int], limit: int, eos: set[int]) -> list[int]:
-    tokens = tokens[:limit]
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: i + 1]
-    return tokens

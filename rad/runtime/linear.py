@@ -11,7 +11,8 @@ class Linear(nn.Linear):
 
     Why: on these AVX2 CPUs (MKL) a batch-1 fp32 matmul streams an (in, out)-contiguous weight
     at ~10-13 GB/s against ~7-9 GB/s for nn.Linear's (out, in) layout; at batch 8, and in bf16
-    at any batch, the (out, in) layout wins (foundation issue measurements). `x @ W.t()` runs
+    at any batch, the (out, in) layout wins (a matmul micro-benchmark run while the runtime was
+    written; no result file keeps it). `x @ W.t()` runs
     the fast kernel for either layout, and the logical shape, state-dict values and autograd
     stay those of nn.Linear.
     """

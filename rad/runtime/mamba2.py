@@ -115,16 +115,31 @@ class Mamba2State:
     def ring_size(self) -> int:
         return self.max_rollback + 1
 
-    def snapshot(self) -> None:
-        if self.max_rollback <= 0:
-            return
-        slot = self.length % self.ring_size
-        self.conv_ring[slot].copy_(self.conv)
-        self.ssm_ring[slot].copy_(self.ssm)
-        self.mark(self.length, self.length)
+    def ring_slots(self, n: int) -> torch.Tensor:
+        """Ring slots (n + 1,) of the positions length .. length + n: the snapshots taken before
+        each of n tokens and after the last (what `Mamba2.scan_tokens` writes)."""
+        return (self.length + torch.arange(n + 1, device=self.conv.device)) % self.ring_size
 
-    def mark(self, first: int, last: int) -> None:
-        """Record that the rings hold positions first..last (written by the compiled step)."""
+    @property
+    def rings(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (self.conv_ring, self.ssm_ring) if self.max_rollback > 0 else None
+
+    def snapshot(self) -> None:
+        """Snapshot the state at its current length (before a chunked scan moves it on)."""
+        if self.max_rollback > 0:
+            save_snapshot(self.conv, self.ssm, self.rings, self.ring_slots(0))
+            self._mark(self.length, self.length)
+
+    def advance(self, n: int, snapshotted: bool) -> None:
+        """The one writer of `length`: n tokens consumed; `snapshotted`: the rings were written
+        at every position on the way (`scan_tokens`), inside a compiled graph or not."""
+        first = self.length
+        self.length += n
+        if snapshotted and self.max_rollback > 0:
+            self._mark(first, self.length)
+
+    def _mark(self, first: int, last: int) -> None:
+        """Record that the rings hold positions first..last; forget those too old to keep."""
         self.snapshots.update(range(first, last + 1))
         self.snapshots.difference_update([p for p in self.snapshots
                                           if p < last - self.max_rollback])
@@ -148,6 +163,20 @@ class Mamba2State:
     def select_rows(self, rows: torch.Tensor) -> Mamba2State:
         """Row i of the result is row rows[i]; it starts without roll-back snapshots."""
         return Mamba2State(self.conv[rows], self.ssm[rows], length=self.length)
+
+    def copy_rows_from(self, src: Mamba2State) -> None:
+        for mine, theirs in ((self.conv, src.conv), (self.ssm, src.ssm),
+                             *zip(self.rings or (), src.rings or (), strict=True)):
+            mine.copy_(theirs.expand_as(mine))
+        self.length, self.snapshots = src.length, set(src.snapshots)
+
+
+def save_snapshot(conv: torch.Tensor, ssm: torch.Tensor,
+                  rings: tuple[torch.Tensor, torch.Tensor], slot: torch.Tensor) -> None:
+    """Copy the state into ring slot `slot` (a (1,) tensor: the compiled step writes it inside
+    its graph, so the slot is data, not a Python int)."""
+    rings[0].index_copy_(0, slot, conv[None])
+    rings[1].index_copy_(0, slot, ssm[None])
 
 
 # -- the mixer ------------------------------------------------------------------------------
@@ -236,9 +265,8 @@ class Mamba2(nn.Module):
         return x, B, C
 
     def _conv(self, xBC: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
-        """Causal depthwise conv of (b, T, ch); updates the state's conv window."""
-        if xBC.shape[1] == 1 and state is not None:
-            return self.conv_step(xBC, state.conv)
+        """Causal depthwise conv of (b, T, ch) over whole blocks; updates the state's conv
+        window (one token at a time goes through `conv_step`)."""
         seq = xBC.transpose(1, 2)  # (b, ch, T)
         k = self.sizes.conv_kernel
         prev = (state.conv if state is not None
@@ -253,7 +281,8 @@ class Mamba2(nn.Module):
     def conv_step(self, xBC: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         """The conv for one token (b, 1, ch), sliding `window` (b, ch, k - 1) in place: one dot
         product per channel (conv1d's setup costs ~0.2 ms per call here, more than the
-        arithmetic); tested against conv1d. Shared by the eager and the compiled step."""
+        arithmetic); compared with conv1d by test_mixer_full_scan_equals_prefill_then_steps
+        (tests/test_mamba2.py). Shared by the eager and the compiled step."""
         seq = xBC.transpose(1, 2)  # (b, ch, 1)
         full = torch.cat([window.to(seq.dtype), seq], dim=-1)  # (b, ch, k)
         if self.sizes.conv_kernel > 1:
@@ -285,52 +314,63 @@ class Mamba2(nn.Module):
         """The SSM part: y (b, T, H, P) in fp32 (or wider) incl. D * x; the gate z (b, T, H*P).
 
         ctx: the decoder's ForwardContext (`token_mask`, `start`); state: advanced in place.
+        A decode step, and any block short enough to roll back into, runs token by token (a
+        snapshot at every position); longer blocks run the chunked scan after one snapshot.
         """
         T = u.shape[1]
         if state is not None and state.length != ctx.start:
             raise ValueError(f"Mamba2 state holds {state.length} tokens but the call starts at "
                              f"{ctx.start} (a skipped layer must be rolled back before it runs)")
         z, xBC, dt, A = self.project(u, ctx.token_mask)
-        if state is not None and state.max_rollback > 0 and T <= state.max_rollback:
-            return self._tokenwise(xBC, dt, A, state), z  # a snapshot at every position
+        if state is not None and (T == 1 or T <= state.max_rollback):
+            rings = state.rings
+            y = self.scan_tokens(xBC, dt, A, state.conv, state.ssm, rings,
+                                 state.ring_slots(T) if rings is not None else None)
+            state.advance(T, snapshotted=True)
+            return y, z
         if state is not None:
             state.snapshot()
         xh, B, C = self._heads(F.silu(self._conv(xBC, state)))
-        return self._scan(xh, dt, A, B, C, state), z
+        y = self._scan(xh, dt, A, B, C, state.ssm if state is not None else None)
+        if state is not None:
+            state.advance(T, snapshotted=False)
+        return y, z
 
-    def _scan(self, x, dt, A, B, C, state: Mamba2State | None) -> torch.Tensor:
-        """y (b, T, H, P) incl. D * x; advances the state."""
+    def _scan(self, x, dt, A, B, C, ssm: torch.Tensor | None) -> torch.Tensor:
+        """y (b, T, H, P) incl. D * x over a whole block; `ssm` (the state) is advanced."""
         acc = dt.dtype
         x32, B32, C32 = x.to(acc), B.to(acc), C.to(acc)
-        init = state.ssm if state is not None else None
-        if x.shape[1] == 1 and state is not None:
-            y = ssd_step_(x32[:, 0], dt[:, 0], A, B32[:, 0], C32[:, 0], state.ssm)[:, None]
-            final = None  # updated in place
-        elif kernel_available(x.device):
-            y, final = kernel_scan(x32, dt, A, B32, C32, self.sizes.chunk_size, init)
+        if kernel_available(x.device):
+            y, final = kernel_scan(x32, dt, A, B32, C32, self.sizes.chunk_size, ssm)
         else:
-            y, final = ssd_chunked(x32, dt, A, B32, C32, self.sizes.chunk_size, init)
-        if state is not None:
-            if final is not None:
-                state.ssm.copy_(final)
-            state.length += x.shape[1]
+            y, final = ssd_chunked(x32, dt, A, B32, C32, self.sizes.chunk_size, ssm)
+        if ssm is not None:
+            ssm.copy_(final)
         return y + self.D.to(acc)[:, None] * x32
 
     def token_step(self, xBC: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                    conv: torch.Tensor, ssm: torch.Tensor) -> torch.Tensor:
-        """One token: xBC (b, 1, ch), dt (b, 1, H) -> y (b, 1, H, P) incl. D * x, advancing the
-        conv window and the SSM state in place (the eager and the compiled step share it)."""
+        """THE one-token step: xBC (b, 1, ch), dt (b, 1, H) -> y (b, 1, H, P) incl. D * x,
+        advancing the conv window and the SSM state in place. Compared with the chunked scan by
+        test_mixer_full_scan_equals_prefill_then_steps (tests/test_mamba2.py)."""
         xh, B, C = self._heads(F.silu(self.conv_step(xBC, conv)))
         acc = dt.dtype
         x32 = xh.to(acc)
         y = ssd_step_(x32[:, 0], dt[:, 0], A, B[:, 0].to(acc), C[:, 0].to(acc), ssm)[:, None]
         return y + self.D.to(acc)[:, None] * x32
 
-    def _tokenwise(self, xBC, dt, A, state: Mamba2State) -> torch.Tensor:
+    def scan_tokens(self, xBC, dt, A, conv: torch.Tensor, ssm: torch.Tensor,
+                    rings: tuple[torch.Tensor, torch.Tensor] | None,
+                    ring_slots: torch.Tensor | None) -> torch.Tensor:
+        """T tokens through `token_step`, snapshotting the state into `rings` (None: no
+        rollback) at `ring_slots` (T + 1,) before each token and after the last. The eager
+        forward and the compiled decode step both run this; buffers only, no bookkeeping (the
+        caller advances the state)."""
         ys = []
         for t in range(xBC.shape[1]):
-            state.snapshot()
-            ys.append(self.token_step(xBC[:, t:t + 1], dt[:, t:t + 1], A, state.conv, state.ssm))
-            state.length += 1
-        state.snapshot()
+            if rings is not None:
+                save_snapshot(conv, ssm, rings, ring_slots[t:t + 1])
+            ys.append(self.token_step(xBC[:, t:t + 1], dt[:, t:t + 1], A, conv, ssm))
+        if rings is not None:
+            save_snapshot(conv, ssm, rings, ring_slots[-1:])
         return torch.cat(ys, dim=1)

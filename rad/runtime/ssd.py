@@ -1,7 +1,7 @@
 """The Mamba2 (SSD) scans: a slow sequential reference, the one-token recurrence used by decoding,
 the chunked SSD algorithm for prefill and training, and mamba-ssm's fused Triton kernel where it
 imports and the tensors are on CUDA (never required). The tests compare every fast scan with
-`ssd_sequential` (STYLE.md item 4); `rad.runtime.mamba2` picks one per call.
+`ssd_sequential`, the slow reference; `rad.runtime.mamba2` picks one per call.
 
 Shapes: x (b, T, H, P), dt (b, T, H) already discretised (softplus applied, 0 on padding),
 A (H,) negative, B and C (b, T, H, N), state (b, H, P, N). All return (y without D, state).

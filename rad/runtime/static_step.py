@@ -18,13 +18,13 @@ import contextlib
 import time
 import weakref
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from rad.runtime import compile_mode as modes
 from rad.runtime.cache import InferenceCache
-from rad.runtime.model import Decoder
+from rad.runtime.model import Decoder, MixerCall
 
 MAX_STEP_TOKENS = 16  # the longest step compiled (speculative verify blocks are gamma + 1)
 # A frozen graph holds its own packed copy of the weights (0.54 GB for the embedded teacher in
@@ -50,50 +50,32 @@ def static_forward(model: Decoder, plan: tuple[str, ...], tokens, positions, slo
     k_pos = torch.arange(key_valid.shape[1], device=tokens.device)
     causal = k_pos[None, :] <= slots[:, None]  # (T, S)
     mask = (key_valid[:, None, :] & causal[None])[:, None]  # (B, 1, T, S)
-    for block, kind, buf in zip(model.layers, plan, buffers, strict=True):
+
+    def mixer_call(i: int) -> MixerCall | None:
+        kind, buf = plan[i], buffers[i]
         if kind == "attention":
-            h = h + _attention(block.mixer, block.mixer_norm(h), cos, sin, mask, slots, buf)
-        elif kind == "mamba2":
-            h = h + _mamba2(block.mixer, block.mixer_norm(h), ring_slots, buf)
-        h = h + block.mlp(block.mlp_norm(h))
-    return model.lm_head(model.norm(h))
+            return lambda attn, x: _attention(attn, x, cos, sin, mask, slots, buf)
+        if kind == "mamba2":
+            return lambda mixer, x: _mamba2(mixer, x, ring_slots, buf)
+        return None  # "skip"
+
+    return model.head(model.run_layers(h, mixer_call))
 
 
 def _attention(attn, x, cos, sin, mask, slots, buf) -> torch.Tensor:
+    """Write this step's K/V into the cache at `slots`, attend the whole cache."""
     k_cache, v_cache = buf
     q, k, v = attn.project(x, cos, sin)
     k_cache.index_copy_(2, slots, k)
     v_cache.index_copy_(2, slots, v)
-    B, H, T, D = q.shape
-    # Attention by hand: for a few queries over a long cache, SDPA's CPU flash kernel streams
-    # the K/V at ~8 GB/s (1.6 ms per layer at 8k context); two batched matmuls with the GQA
-    # groups folded into the rows and one fused masked softmax read it at memory speed.
-    Hkv = attn.n_kv_heads
-    rep = H // Hkv
-    q = q.reshape(B, Hkv, rep * T, D)  # query head h reads kv head h // rep, as SDPA's GQA
-    scores = (q @ k_cache.transpose(-1, -2)).view(B, Hkv, rep, T, -1).float() * D ** -0.5
-    scores = scores.masked_fill(~mask[:, :, None], float("-inf"))  # mask (B, 1, T, S)
-    probs = scores.softmax(-1).to(v_cache.dtype).view(B, Hkv, rep * T, -1)
-    out = (probs @ v_cache).view(B, H, T, D)
-    return attn.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+    return attn.attend_whole_cache(q, k_cache, v_cache, mask)
 
 
 def _mamba2(mixer, u, ring_slots, buf) -> torch.Tensor:
     conv, ssm, conv_ring, ssm_ring = buf
     z, xBC, dt, A = mixer.project(u, None)  # decode tokens are never padding
-    ys = []
-    for t in range(u.shape[1]):  # token by token, as the eager path does under rollback
-        if conv_ring is not None:
-            _snapshot(conv, ssm, conv_ring, ssm_ring, ring_slots[t:t + 1])
-        ys.append(mixer.token_step(xBC[:, t:t + 1], dt[:, t:t + 1], A, conv, ssm))
-    if conv_ring is not None:
-        _snapshot(conv, ssm, conv_ring, ssm_ring, ring_slots[-1:])
-    return mixer.readout(torch.cat(ys, dim=1), z, u.dtype)
-
-
-def _snapshot(conv, ssm, conv_ring, ssm_ring, slot) -> None:
-    conv_ring.index_copy_(0, slot, conv[None])
-    ssm_ring.index_copy_(0, slot, ssm[None])
+    rings = (conv_ring, ssm_ring) if conv_ring is not None else None
+    return mixer.readout(mixer.scan_tokens(xBC, dt, A, conv, ssm, rings, ring_slots), z, u.dtype)
 
 
 # -- compiled graphs, shared by every Stepper of the process ----------------------------------
@@ -112,35 +94,64 @@ class CompileStats:
                 "eager_steps": self.eager_steps}
 
 
-STATS = CompileStats()
-_compiled: dict[tuple, tuple] = {}  # (id(model), device type) -> (model ref, compiled step)
-_shapes_seen: set[tuple] = set()
-_eager_counts: dict[tuple, int] = {}  # auto on CPU: eager steps per shape so far
-_weights: dict[int, tuple[weakref.ref, int]] = {}  # id(model) -> (model, weights version)
+@dataclass
+class CompiledGraphs:
+    """Every compiled step of the process and what is known about them, in one object: the
+    graphs (dynamo frees them only all at once), the shapes they serve, the eager steps per
+    shape so far (`auto` on CPU compiles a shape after a few), the weights they froze, and the
+    cost. `reset` clears all of it; `drop_graphs` only what a graph holds."""
+    stats: CompileStats = field(default_factory=CompileStats)
+    steps: dict[tuple, tuple] = field(default_factory=dict)  # (id(model), device) -> (ref, fn)
+    shapes_seen: set[tuple] = field(default_factory=set)
+    eager_counts: dict[tuple, int] = field(default_factory=dict)
+    weights: dict[int, tuple[weakref.ref, int]] = field(default_factory=dict)  # id -> version
 
+    def forward_of(self, model: Decoder):
+        """`static_forward` of `model`, compiled. The model is a closure variable, not an
+        argument: so its weights are graph constants, which inductor's freezing needs."""
+        key = (id(model), model.device.type)
+        entry = self.steps.get(key)
+        if entry is not None and entry[0]() is model:
+            return entry[1]
+        import torch._dynamo
+        # One code object serves every shape and model; dynamo's default of 8 graphs would
+        # silently fall back to eager after the 8th.
+        torch._dynamo.config.recompile_limit = 256
+        torch._dynamo.config.accumulated_recompile_limit = 4096
 
-def compiled_forward(model: Decoder):
-    """`static_forward` of `model`, compiled. The model is a closure variable, not an argument:
-    so its weights are graph constants, which inductor's freezing needs to pack them."""
-    key = (id(model), model.device.type)
-    entry = _compiled.get(key)
-    if entry is not None and entry[0]() is model:
-        return entry[1]
-    import torch._dynamo
-    # One code object serves every shape and model; dynamo's default of 8 graphs would
-    # silently fall back to eager after the 8th.
-    torch._dynamo.config.recompile_limit = 256
-    torch._dynamo.config.accumulated_recompile_limit = 4096
+        def step(*args):
+            return static_forward(model, *args)
 
-    def step(*args):
-        return static_forward(model, *args)
+        if model.device.type == "cuda":
+            fn = torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        else:
+            fn = torch.compile(step, fullgraph=True, dynamic=False)
+        self.steps[key] = (weakref.ref(model), fn)
+        return fn
 
-    if model.device.type == "cuda":
-        fn = torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-    else:
-        fn = torch.compile(step, fullgraph=True, dynamic=False)
-    _compiled[key] = (weakref.ref(model), fn)
-    return fn
+    def drop_graphs(self) -> None:
+        """Drop every compiled graph (each holds a frozen copy of the weights); the eager
+        counts and the cost so far stay (a shape seen often enough compiles again at once)."""
+        import torch._dynamo
+        torch._dynamo.reset()
+        self.steps.clear()
+        self.shapes_seen.clear()
+        self.weights.clear()
+
+    def reset(self) -> None:
+        """Back to a fresh process: no graphs, no counts, no cost (tests, benches)."""
+        self.drop_graphs()
+        self.eager_counts.clear()
+        self.stats.__init__()
+
+    def check_weights(self, model: Decoder) -> None:
+        """Frozen graphs hold the weights as constants: after training or loading new values
+        into a model that already has graphs, drop them all (rare, and always correct)."""
+        version = _weights_version(model)
+        seen = self.weights.get(id(model))
+        if seen is not None and seen[0]() is model and seen[1] != version:
+            self.drop_graphs()
+        self.weights[id(model)] = (weakref.ref(model), version)
 
 
 def _freezing(device: torch.device, rows: int):
@@ -154,15 +165,6 @@ def _freezing(device: torch.device, rows: int):
             else contextlib.nullcontext())
 
 
-def reset_compiled() -> None:
-    """Drop every compiled graph (they hold frozen copies of the weights)."""
-    import torch._dynamo
-    torch._dynamo.reset()
-    _compiled.clear()
-    _shapes_seen.clear()
-    _weights.clear()
-
-
 def _weights_version(model: Decoder) -> int:
     total = 0
     for p in model.parameters():
@@ -173,14 +175,8 @@ def _weights_version(model: Decoder) -> int:
     return total
 
 
-def _check_weights(model: Decoder) -> None:
-    """Frozen graphs hold the weights as constants: after training or loading new values into a
-    model that already has graphs, drop them all (rare, and always correct)."""
-    version = _weights_version(model)
-    seen = _weights.get(id(model))
-    if seen is not None and seen[0]() is model and seen[1] != version:
-        reset_compiled()
-    _weights[id(model)] = (weakref.ref(model), version)
+GRAPHS = CompiledGraphs()
+STATS = GRAPHS.stats  # the benches read the compile cost from here (cleared in place by reset)
 
 
 class Stepper:
@@ -198,7 +194,7 @@ class Stepper:
         # How far the cache's Mamba2 states can roll back (fixed when it was allocated).
         self.rollback = max((getattr(st, "max_rollback", 0) for st in cache.states), default=0)
         if self.mode != "off":
-            _check_weights(model)
+            GRAPHS.check_weights(model)
 
     def __call__(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`."""
@@ -221,25 +217,22 @@ class Stepper:
         if self.mode == "on" or self.device.type == "cuda":
             return True
         key = self._key(T)
-        if key in _shapes_seen:
+        if key in GRAPHS.shapes_seen:
             return True
-        _eager_counts[key] = _eager_counts.get(key, 0) + 1
-        return _eager_counts[key] > modes.AUTO_CPU_STEPS
+        counts = GRAPHS.eager_counts
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key] > modes.AUTO_CPU_STEPS
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         c, model = self.cache, self.model
         B, T = tokens.shape
-        start = c.length
-        if start + T > c.max_len:
-            raise ValueError(f"cache holds {c.max_len} tokens; {start + T} needed")
         mamba = [st for st, kind in zip(c.states, self.plan, strict=True) if kind == "mamba2"]
         for st in mamba:
-            if st.length != start:
+            if st.length != c.length:
                 raise ValueError(f"Mamba2 state holds {st.length} tokens but the call starts at "
-                                 f"{start} (a skipped layer must be rolled back before it runs)")
-        offsets = torch.arange(T, device=self.device)
-        positions = c.n_valid[:, None] + offsets
-        c.record(torch.ones(B, T, dtype=torch.bool, device=self.device))
+                                 f"{c.length} (a skipped layer must be rolled back before it "
+                                 "runs)")
+        start, positions, _ = c.append(torch.ones(B, T, dtype=torch.bool, device=self.device))
         ring = self.rollback + 1
         ring_slots = (start + torch.arange(T + 1, device=self.device)) % ring
         cos, sin = model.rope_table(c.max_len, self.device)
@@ -250,27 +243,25 @@ class Stepper:
                 from torch import _dynamo
                 _dynamo.mark_static_address(c.key_valid)
         key = self._key(T)
-        first = key not in _shapes_seen
-        if first and len(_shapes_seen) >= MAX_LIVE_SHAPES:
-            reset_compiled()
-            _check_weights(model)
+        first = key not in GRAPHS.shapes_seen
+        if first and len(GRAPHS.shapes_seen) >= MAX_LIVE_SHAPES:
+            GRAPHS.drop_graphs()
+            GRAPHS.check_weights(model)
         t0 = time.perf_counter()
         with torch.inference_mode(), _freezing(self.device, B * T):
-            logits = compiled_forward(model)(
-                self.plan, tokens.to(self.device), positions, start + offsets,
+            logits = GRAPHS.forward_of(model)(
+                self.plan, tokens.to(self.device), positions,
+                start + torch.arange(T, device=self.device),
                 c.key_valid, ring_slots, cos[:c.max_len], sin[:c.max_len], self._bufs)
         if self.device.type == "cuda":
             logits = logits.clone()  # a CUDA graph's output is overwritten by its next replay
         if first:
-            _shapes_seen.add(key)
+            GRAPHS.shapes_seen.add(key)
             STATS.shapes += 1
             STATS.compile_s += time.perf_counter() - t0
         STATS.compiled_steps += 1
-        c.advance(T)
         for st in mamba:
-            st.length += T
-            if st.max_rollback > 0:
-                st.mark(start, start + T)
+            st.advance(T, snapshotted=True)
         return logits
 
     def _buffers(self, state, kind: str) -> tuple:

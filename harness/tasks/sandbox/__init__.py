@@ -1,8 +1,8 @@
 """Contained execution of model-written programs (HumanEval): the explicit opt-in, the limits,
 and one trusted launcher process per program (`launch.py`), which contains the program with
 the kernel's layers (`isolation.py`) and computes the verdict itself (`check.py`) by calling
-the program (`runner.py`) over a private channel. See the README's "Code execution" section
-for the threat model: what each layer stops, and what it does not.
+the program (`runner.py`) over a private channel. `README.md` in this folder is the threat
+model: what each layer stops, and what it does not.
 
 What comes back from a launcher is validated strictly (one line, typed fields, a status and a
 reason from fixed sets): a program that breaks anything is a failed sample, never a crashed

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
-from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from rad.files import atomic_write
 from rad.method.distill.losses import TeacherTargets, bucket_kl, distill_loss
 from rad.method.distill.parallel import Parallel, rank_rows
 from rad.method.distill.trainable import set_trainable
@@ -100,23 +100,33 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 # -- evaluation ------------------------------------------------------------------------------
 
+def _heldout_batches(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
+                     batch_size: int, skip: Collection[int] = ()
+                     ) -> Iterator[tuple[torch.Tensor, TeacherTargets]]:
+    """(model logits, teacher targets) per held-out batch, in eval mode (restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            yield model(ids[rows].to(model.device), skip=skip), targets[rows].to(model.device)
+    finally:
+        model.train(was_training)
+
+
+# The two reductions stay apart: the token-weighted mean of the per-row values is the same
+# number up to float32 summation order, and the curves and results record these exact floats.
 @torch.no_grad()
 def heldout_kl(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
                batch_size: int = 8, skip: Collection[int] = ()) -> float:
     """Mean per-token forward KL(teacher || model) over held-out sequences (every token);
     `skip`: attention layers bypassed (the draft / skip-init view, for layer selection)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for start in range(0, ids.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        batch = ids[rows].to(model.device)
-        logits = model(batch, skip=skip)
-        mask = torch.ones(batch.shape, dtype=torch.bool, device=model.device)
+    for logits, batch_targets in _heldout_batches(model, ids, targets, batch_size, skip):
+        mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
         n = int(mask.sum())
-        total += float(bucket_kl(logits, targets[rows].to(model.device), mask)) * n
+        total += float(bucket_kl(logits, batch_targets, mask)) * n
         count += n
-    model.train(was_training)
     return total / count
 
 
@@ -125,32 +135,96 @@ def heldout_kl_rows(model: Decoder, ids: torch.Tensor, targets: TeacherTargets,
                     batch_size: int = 8) -> list[float]:
     """Per held-out sequence, its mean per-token KL(teacher || model): the paired unit when two
     models are compared on the same rows (their mean is `heldout_kl`, rows being equally long)."""
-    was_training = model.training
-    model.eval()
     rows: list[float] = []
-    for start in range(0, ids.shape[0], batch_size):
-        batch = ids[start:start + batch_size].to(model.device)
-        logits = model(batch)
-        mask = torch.ones(batch.shape[1:], dtype=torch.bool, device=model.device)[None]
-        for j in range(batch.shape[0]):
-            rows.append(float(bucket_kl(logits[j:j + 1], targets[start + j:start + j + 1]
-                                        .to(model.device), mask)))
-    model.train(was_training)
+    for logits, batch_targets in _heldout_batches(model, ids, targets, batch_size):
+        mask = torch.ones((1, logits.shape[1]), dtype=torch.bool, device=logits.device)
+        rows.extend(float(bucket_kl(logits[j:j + 1], batch_targets[j:j + 1], mask))
+                    for j in range(logits.shape[0]))
     return rows
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Where a run stands. With the trainable weights, optimiser, scheduler and RNG states it is
+    everything a bit-identical resume needs."""
+    step: int = 0
+    position: int = 0  # rows of the seeded data stream consumed
+    curve: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+    pending: list[float] = field(default_factory=list)  # training losses since the last eval
+
+
+def load_checkpoint(path: Path, run: dict, par: Parallel, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler) -> Progress:
+    """Restore `path` into the parameters, optimiser, scheduler and RNGs and return its
+    progress; a fresh start where there is no checkpoint. `run`: config, seed and policy, which
+    must match the checkpoint's."""
+    if not path.exists():
+        return Progress()
+    ckpt = torch.load(path, weights_only=False)
+    if any(ckpt[k] != v for k, v in run.items()):
+        raise ValueError(f"{path} belongs to another run (config, seed or policy differ); "
+                         "remove the run folder to start over")
+    par.load_params(ckpt["params"])
+    par.load_optimizer(opt, ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    random.setstate(ckpt["python_rng"])
+    return Progress(ckpt["step"], ckpt["position"], ckpt["curve"], ckpt["wall_s"],
+                    ckpt["pending_losses"])
+
+
+def save_checkpoint(path: Path, run: dict, par: Parallel, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, progress: Progress) -> None:
+    """What `load_checkpoint` reads; every rank calls it (under FSDP gathering the full
+    tensors is a collective), rank 0 writes."""
+    p = progress
+    state = {**run, "step": p.step, "position": p.position, "curve": p.curve,
+             "wall_s": p.wall_s, "pending_losses": list(p.pending),
+             "params": par.full_params(), "optimizer": par.full_optimizer(opt),
+             "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+             "python_rng": random.getstate()}
+    if par.world.is_main:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    par.world.barrier()
+
+
+def _write_curve(path: Path, curve: list[dict]) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in curve)))
 
 
 # -- the loop --------------------------------------------------------------------------------
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_curve(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+def optimizer_step(par: Parallel, opt: torch.optim.Optimizer,
+                   sched: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, seed: int,
+                   train_ids: torch.Tensor, train_targets: TeacherTargets,
+                   progress: Progress) -> float:
+    """One optimiser step over `cfg.grad_accum` micro-batches of the seeded data stream, read
+    from `progress.position` on (which it advances); returns the global batch's mean loss."""
+    device = par.model.device
+    autocast = use_bf16(cfg, device)
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for micro in range(cfg.grad_accum):
+        rows = rank_rows(batch_rows(progress.position, cfg.batch_size, train_ids.shape[0], seed),
+                         par.world)
+        progress.position += cfg.batch_size
+        ids = train_ids[rows].to(device)
+        mask = torch.ones(ids.shape, dtype=torch.bool, device=device)
+        with par.no_sync(last=micro == cfg.grad_accum - 1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = par.module(ids)
+            loss = distill_loss(logits, train_targets[rows].to(device), ids, mask, cfg.loss,
+                                cfg.ce_weight)
+            (loss / cfg.grad_accum).backward()
+        total += float(loss.detach()) / cfg.grad_accum
+    total = par.world.all_mean(total)  # the global batch's loss (equal tokens per rank)
+    torch.nn.utils.clip_grad_norm_([p for _, p in par.named], cfg.clip_norm)
+    opt.step()
+    sched.step()
+    return total
 
 
 def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
@@ -170,94 +244,49 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     world.barrier()
-    device = model.device
     params = set_trainable(model, policy)
     par = Parallel(model, list(params.items()), parallel, world)
-    named = par.named
-    opt = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, betas=cfg.betas,
+    opt = torch.optim.AdamW([p for _, p in par.named], lr=cfg.lr, betas=cfg.betas,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    step, position, curve, wall = 0, 0, [], 0.0
-    pending: list[float] = []  # training losses since the last evaluation
+    run = {"config": cfg.as_dict(), "seed": seed, "policy": policy}
     ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        if ckpt["config"] != cfg.as_dict() or ckpt["seed"] != seed or ckpt["policy"] != policy:
-            raise ValueError(f"{ckpt_path} belongs to another run (config, seed or policy "
-                             "differ); remove the run folder to start over")
-        par.load_params(ckpt["params"])
-        par.load_optimizer(opt, ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        random.setstate(ckpt["python_rng"])
-        step, position, curve, wall = (ckpt["step"], ckpt["position"], ckpt["curve"],
-                                       ckpt["wall_s"])
-        pending = ckpt["pending_losses"]
-    autocast = use_bf16(cfg, device)
+    state = load_checkpoint(ckpt_path, run, par, opt, sched)
     model.train()
-    per_step = cfg.batch_size * cfg.grad_accum
-    seq_len = train_ids.shape[1]
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * train_ids.shape[1]
 
     def evaluate(train_loss: float | None) -> None:
-        curve.append({"step": step, "tokens": step * per_step * seq_len, "wall_s": wall,
-                      "train_loss": train_loss, "heldout_kl": heldout_kl(
-                          par.eval_module, heldout_ids, heldout_targets, cfg.eval_batch_size),
-                      "lr": sched.get_last_lr()[0]})
+        state.curve.append({
+            "step": state.step, "tokens": state.step * tokens_per_step, "wall_s": state.wall_s,
+            "train_loss": train_loss, "heldout_kl": heldout_kl(
+                par.eval_module, heldout_ids, heldout_targets, cfg.eval_batch_size),
+            "lr": sched.get_last_lr()[0]})
 
-    if not curve:
+    if not state.curve:
         evaluate(None)  # step 0: where the method starts
-    bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step",
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="distill", unit="step",
                disable=not (progress and world.is_main))
-    losses = pending
-    steps_this_call = 0
-    while step < cfg.steps:
+    last = cfg.steps if stop_after is None else min(cfg.steps, state.step + stop_after)
+    while state.step < last:
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(cfg.grad_accum):
-            rows = rank_rows(batch_rows(position, cfg.batch_size, train_ids.shape[0], seed),
-                             world)
-            position += cfg.batch_size
-            ids = train_ids[rows].to(device)
-            mask = torch.ones(ids.shape, dtype=torch.bool, device=device)
-            with par.no_sync(last=micro == cfg.grad_accum - 1):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = par.module(ids)
-                loss = distill_loss(logits, train_targets[rows].to(device), ids, mask,
-                                    cfg.loss, cfg.ce_weight)
-                (loss / cfg.grad_accum).backward()
-            total += float(loss.detach()) / cfg.grad_accum
-        total = world.all_mean(total)  # the global batch's loss (equal tokens per rank)
-        torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.clip_norm)
-        opt.step()
-        sched.step()
-        step += 1
-        steps_this_call += 1
-        wall += time.perf_counter() - t0
-        losses.append(total)
+        loss = optimizer_step(par, opt, sched, cfg, seed, train_ids, train_targets, state)
+        state.step += 1
+        state.wall_s += time.perf_counter() - t0
+        state.pending.append(loss)
         bar.update()
-        bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{per_step * seq_len * step / wall:.0f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            evaluate(sum(losses) / len(losses))
-            losses.clear()
+        bar.set_postfix(loss=f"{loss:.4f}",
+                        tok_s=f"{tokens_per_step * state.step / state.wall_s:.0f}")
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            evaluate(sum(state.pending) / len(state.pending))
+            state.pending.clear()
             if world.is_main:
-                _write_curve(run_dir / CURVE, curve)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            state = {  # full tensors (a collective under FSDP: every rank builds it)
-                "config": cfg.as_dict(), "seed": seed, "policy": policy, "step": step,
-                "position": position, "curve": curve, "wall_s": wall,
-                "pending_losses": list(losses), "params": par.full_params(),
-                "optimizer": par.full_optimizer(opt), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
-            if world.is_main:
-                _atomic_torch_save(state, ckpt_path)
-            world.barrier()
-        if stop_after is not None and steps_this_call >= stop_after:
-            break
+                _write_curve(run_dir / CURVE, state.curve)
+        if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+            save_checkpoint(ckpt_path, run, par, opt, sched, state)
     bar.close()
     par.finish()
     model.eval().requires_grad_(False)
     if world.is_main:
-        _write_curve(run_dir / CURVE, curve)
+        _write_curve(run_dir / CURVE, state.curve)
     world.barrier()
-    return curve
+    return state.curve
