@@ -13,9 +13,11 @@ from harness.common.errors import UserError
 from harness.common.files import atomic_write_text, check_output_file
 from harness.experiment import bench_throughput
 from harness.experiment.bench_runtime import as_json, bench_runtime, measure_stream_gbs
+from harness.experiment.bench_stages import bench_stages, stages_table
 from harness.models import load_model, parse_dtype
 from harness.report.tables import bench_runtime_table, throughput_markdown
 from rad.runtime.compile_mode import compile_mode, set_compile_mode
+from rad.runtime.precision import PRECISIONS
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -57,6 +59,22 @@ def add_parser(sub, name: str, help_text: str) -> None:
     add_compile_arg(t, bench=True)
     t.set_defaults(handler=cmd_bench_throughput)
 
+    g = bsub.add_parser(
+        "stages", help="tok/s of every compute-bound stage per precision, against the limits",
+        description="Times teacher targets, one SSM-only distillation step (k-layer hybrid), "
+        "likelihood scoring and compiled greedy decode at batch 1 and 8, per --precision, side "
+        "by side in one run (warm-up, median of --repeats), with the machine's GEMM peak and "
+        "read bandwidth measured in the same run: tok/s, the ratio to fp32 and the fraction "
+        "of the limit. bf16 decoding runs bf16 weights; the other stages bf16 autocast.")
+    g.add_argument("--model", required=True, help="registered name or HF folder")
+    g.add_argument("--precision", type=str_list, default=["fp32", "bf16"],
+                   help="comma list of auto|fp32|bf16 (default fp32,bf16)")
+    g.add_argument("--repeats", type=int, default=3)
+    g.add_argument("--k", type=int, default=15, help="layers replaced in the distilled hybrid")
+    g.add_argument("--json", type=Path, help="write the records here")
+    add_compile_arg(g, bench=True)
+    g.set_defaults(handler=cmd_bench_stages)
+
 
 def cmd_bench_runtime(args) -> int:
     if not args.dtype:
@@ -73,6 +91,27 @@ def cmd_bench_runtime(args) -> int:
                             args.device)
     result = as_json(records, measure_stream_gbs(device=args.device), args.model)
     print(bench_runtime_table(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench_stages(args) -> int:
+    bad = [p for p in args.precision if p not in PRECISIONS]
+    if bad or not args.precision:
+        raise UserError(f"--precision takes {', '.join(PRECISIONS)}; got {','.join(bad)}")
+    if args.repeats < 1:
+        raise UserError("--repeats must be >= 1")
+    if args.json:
+        check_output_file(args.json)
+    _steady_state_compile()
+    lm = load_model(args.model)  # fp32 master weights; each stage applies its precision
+    if not 0 < args.k <= lm.model.cfg.n_layers:
+        raise UserError(f"--k must be in 1..{lm.model.cfg.n_layers}")
+    result = bench_stages(lm.model, lm.tokenizer.pad_token_id or 0, args.precision,
+                          args.repeats, k=args.k)
+    result["model"] = args.model
+    print(stages_table(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0

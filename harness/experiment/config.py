@@ -25,6 +25,7 @@ from rad.digest import json_digest
 from rad.method.recipes import RECIPES
 from rad.method.select import OBJECTIVES, SAMPLERS
 from rad.registry import Registry
+from rad.runtime.precision import PRECISIONS
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 # The shipped profiles, by name (any other YAML file is loaded by path).
@@ -61,7 +62,7 @@ class DistillSettings:
     n_train: int = 96
     n_heldout: int = 8
     topk: int = 64
-    precision: str = "auto"
+    precision: str = "auto"  # teacher targets and training (rad.runtime.precision)
 
 
 @dataclass(frozen=True)
@@ -228,8 +229,8 @@ def _check(cfg: ExperimentConfig, where: str) -> None:
     if cfg.selection.kl_rows > cfg.distill.n_train:
         raise UserError(f"{where}: selection.kl_rows must be <= distill.n_train "
                         f"({cfg.distill.n_train})")
-    if cfg.distill.precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"{where}: distill.precision must be auto, fp32 or bf16")
+    if cfg.distill.precision not in PRECISIONS:
+        raise UserError(f"{where}: distill.precision must be one of {', '.join(PRECISIONS)}")
 
 
 def profile_names() -> list[str]:

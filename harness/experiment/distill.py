@@ -36,6 +36,7 @@ from rad.method.recipes import Recipe, get_recipe
 from rad.method.replace import build_hybrid, hybrid_config, save_hybrid
 from rad.method.select import RECORDS, SelectionRequest
 from rad.runtime.distributed import current_world
+from rad.runtime.precision import resolve_precision
 
 RUN_FILE = "distill_run.json"  # the run's settings and hash (not the runner's run.json)
 SUMMARY_FILE = "distill.json"
@@ -206,8 +207,9 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
 
     hybrid = build_hybrid(student.model, layers, recipe.init, req.seed)
     data = build_data(student.tokenizer, student.eos_token_ids[0], req.data)
+    precision = resolve_precision(req.train.precision, student.model.device)
     train_t, held_t, targets_key = cached_targets(teacher.model, teacher.folder, data, req.data,
-                                                  req.dtype)
+                                                  req.dtype, precision)
     alignment = None
     if recipe.align_steps:
         alignment = align_mixers(hybrid, teacher.model, data.train_ids, recipe.align_steps,
@@ -234,7 +236,8 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
                                                   req.train.eval_batch_size),
                "train_wall_s": curve[-1]["wall_s"], "run_wall_s": time.time() - t0,
                "alignment": alignment, "settings": settings, "provenance": record,
-               "world_size": world.size, "parallel": _strategy(req, recipe, hybrid, world)}
+               "world_size": world.size, "parallel": _strategy(req, recipe, hybrid, world),
+               "precision": precision.as_dict()}
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2))  # written last: done
     world.barrier()
     return out

@@ -33,6 +33,7 @@ from rad.digest import json_digest
 from rad.method.distill.losses import TeacherTargets, teacher_targets
 from rad.runtime.distributed import current_world
 from rad.runtime.model import Decoder
+from rad.runtime.precision import FP32, Precision
 
 # Pure-Python stdlib modules whose top-level definitions serve as the code source.
 STDLIB_MODULES = ("bisect", "heapq", "textwrap", "fractions", "statistics", "string",
@@ -166,15 +167,18 @@ def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
 
 @torch.no_grad()
 def compute_targets(teacher: Decoder, ids: torch.Tensor, k: int, tau: float,
-                    batch_size: int = 4, desc: str = "teacher targets") -> TeacherTargets:
-    """The teacher's top-k targets for every row; under torchrun the batches go round-robin
-    over the ranks (the same batches as one process: the same numbers)."""
+                    batch_size: int = 4, desc: str = "teacher targets",
+                    precision: Precision = FP32) -> TeacherTargets:
+    """The teacher's top-k targets for every row (forwards under `precision`, the log-softmax
+    and top-k on fp32 logits); under torchrun the batches go round-robin over the ranks (the
+    same batches as one process: the same numbers)."""
     world = current_world()
     n = (ids.shape[0] + batch_size - 1) // batch_size
     bar = tqdm(total=n, desc=desc, unit="batch", leave=False, disable=not world.is_main)
 
     def one(b: int) -> TeacherTargets:
-        logits = teacher(ids[b * batch_size:(b + 1) * batch_size].to(teacher.device))
+        with precision.autocast(teacher.device):
+            logits = teacher(ids[b * batch_size:(b + 1) * batch_size].to(teacher.device))
         bar.update()
         return teacher_targets(logits.cpu(), k, tau)
 
@@ -185,20 +189,23 @@ def compute_targets(teacher: Decoder, ids: torch.Tensor, k: int, tau: float,
 
 
 def cached_targets(teacher: Decoder, teacher_folder: Path, data: DistillData,
-                   cfg: DataConfig, dtype: str) -> tuple[TeacherTargets, TeacherTargets, str]:
+                   cfg: DataConfig, dtype: str, precision: Precision = FP32,
+                   ) -> tuple[TeacherTargets, TeacherTargets, str]:
     """(train targets, held-out targets, cache key): computed once per teacher x data x k x
     tau x dtype under $RAD_CACHE_DIR/targets/<key>, reused by every method and seed (under
     torchrun: computed sharded, written by rank 0, read by all)."""
     world = current_world()
     key_src = {"weights": weights_digest(teacher_folder), "data": data.sha256,
                "topk": cfg.topk, "tau": cfg.tau, "dtype": dtype, "format": 1}
+    if precision.bf16:  # (fp32 targets keep the keys they always had)
+        key_src["precision"] = precision.resolved
     key = json_digest(key_src, length=20)
     folder = cache_dir() / "targets" / key
     if not world.broadcast((folder / "targets.pt").exists()):
         train = compute_targets(teacher, data.train_ids, cfg.topk, cfg.tau,
-                                desc="teacher targets (train)")
+                                desc="teacher targets (train)", precision=precision)
         held = compute_targets(teacher, data.heldout_ids, cfg.topk, cfg.tau,
-                               desc="teacher targets (held-out)")
+                               desc="teacher targets (held-out)", precision=precision)
         if world.is_main:
             with atomic_dir(folder) as tmp:
                 torch.save({"train": _as_dict(train), "heldout": _as_dict(held),

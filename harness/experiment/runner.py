@@ -48,6 +48,7 @@ from rad.method.diagnose import SpecSettings
 from rad.method.recipes import get_recipe
 from rad.method.select import RECORDS
 from rad.runtime.distributed import current_world
+from rad.runtime.precision import resolve_precision
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,9 @@ class Runner:
                       for name, rec in steps.items()},
             "profile": self.cfg.profile, "config_hash": self.cfg.config_hash(),
             "dtype": self.cfg.dtype, "device": self.cfg.device,
+            # what `auto` became on this machine, and why (teacher targets and training)
+            "precision": resolve_precision(self.cfg.distill.precision,
+                                           self.cfg.device).as_dict(),
             "threads": torch.get_num_threads(), "code_version": self.store.code,
             "provenance": self.provenance}
         if self.world.is_main:

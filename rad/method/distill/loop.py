@@ -27,6 +27,7 @@ from rad.method.distill.parallel import Parallel, rank_rows
 from rad.method.distill.trainable import set_trainable
 from rad.runtime.distributed import SINGLE, World
 from rad.runtime.model import Decoder
+from rad.runtime.precision import PRECISIONS, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 CURVE = "curve.jsonl"
@@ -48,30 +49,18 @@ class TrainConfig:
     eval_every: int = 10
     ckpt_every: int = 25
     eval_batch_size: int = 8
-    precision: str = "auto"  # auto: bf16 autocast where it is fast (CUDA, AMX CPUs); fp32: never
+    precision: str = "auto"  # rad.runtime.precision: auto resolves per device
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch_size, self.grad_accum, self.eval_every,
                self.ckpt_every) < 1:
             raise ValueError("steps, batch_size, grad_accum, eval_every and ckpt_every must "
                              "be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r} ({', '.join(PRECISIONS)})")
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """bf16 matmuls beat fp32 on CUDA and on CPUs with AMX; on AVX2-only CPUs (these test
-    machines) bf16 is emulated and slower, so fp32 stays."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and "AMX" in torch.backends.cpu.get_cpu_capability().upper()
-
-
-def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(device))
 
 
 # -- data order ------------------------------------------------------------------------------
@@ -204,7 +193,7 @@ def optimizer_step(par: Parallel, opt: torch.optim.Optimizer,
     """One optimiser step over `cfg.grad_accum` micro-batches of the seeded data stream, read
     from `progress.position` on (which it advances); returns the global batch's mean loss."""
     device = par.model.device
-    autocast = use_bf16(cfg, device)
+    precision = resolve_precision(cfg.precision, device)
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for micro in range(cfg.grad_accum):
@@ -214,7 +203,7 @@ def optimizer_step(par: Parallel, opt: torch.optim.Optimizer,
         ids = train_ids[rows].to(device)
         mask = torch.ones(ids.shape, dtype=torch.bool, device=device)
         with par.no_sync(last=micro == cfg.grad_accum - 1):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with precision.autocast(device):  # the loss below takes fp32 logits
                 logits = par.module(ids)
             loss = distill_loss(logits, train_targets[rows].to(device), ids, mask, cfg.loss,
                                 cfg.ce_weight)
