@@ -67,7 +67,7 @@ def test_mixer_and_hybrid_on_cuda_match_the_cpu_reference():
 def test_distillation_steps_on_cuda_follow_the_cpu_run(tmp_path):
     from tiny_models import pair
 
-    from rad.method.distill.loop import TrainConfig, train
+    from rad.method.distill.loop import TrainConfig, TrainData, train
     from rad.method.distill.losses import teacher_targets
     from rad.method.replace import build_hybrid
 
@@ -77,18 +77,18 @@ def test_distillation_steps_on_cuda_follow_the_cpu_run(tmp_path):
     with torch.no_grad():
         targets = teacher_targets(teacher(ids), 16, 1.0)
     cfg = TrainConfig(steps=4, batch_size=2, eval_every=2, ckpt_every=2, precision="fp32")
+    data = TrainData(ids[:6], targets[:6], ids[6:], targets[6:])
     curves = {}
     for device in ("cpu", "cuda"):
         student = build_hybrid(teacher, [1], "kqvo", seed=0).to(device)
-        curves[device] = train(student, "ssm-only", cfg, 0, ids[:6], targets[:6], ids[6:],
-                               targets[6:], tmp_path / device, progress=False)
+        curves[device] = train(student, "ssm-only", cfg, 0, data, tmp_path / device,
+                               progress=False)
     for a, b in zip(curves["cpu"], curves["cuda"], strict=True):
         assert a["heldout_kl"] == pytest.approx(b["heldout_kl"], rel=1e-3, abs=1e-6)
     student = build_hybrid(teacher, [1], "kqvo", seed=0).to(CUDA)
     bf16 = train(student, "ssm-only", TrainConfig(steps=2, batch_size=2, eval_every=1,
                                                   ckpt_every=2, precision="bf16"),
-                 0, ids[:6], targets[:6], ids[6:], targets[6:], tmp_path / "bf16",
-                 progress=False)
+                 0, data, tmp_path / "bf16", progress=False)
     assert all(torch.isfinite(torch.tensor(c["heldout_kl"])) for c in bf16)
 
 

@@ -64,7 +64,7 @@ CFG = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=4,
 
 
 def _train(model, data, run_dir, policy="ssm-only", cfg=CFG, seed=0, **kw):
-    return train(model, policy, cfg, seed, *data, run_dir=run_dir, progress=False, **kw)
+    return train(model, policy, cfg, seed, data, run_dir=run_dir, progress=False, **kw)
 
 
 def test_ssm_only_leaves_every_other_parameter_bit_identical(data, tmp_path):

@@ -47,7 +47,7 @@ def _worker(rank: int, size: int, port: int, job: dict) -> None:
     try:
         if job["kind"] == "train":
             model = _model()
-            curve = train(model, job["policy"], TrainConfig(**job["cfg"]), 0, *loop_data(),
+            curve = train(model, job["policy"], TrainConfig(**job["cfg"]), 0, loop_data(),
                           run_dir=Path(job["run_dir"]), progress=False, world=World(rank, size),
                           parallel=job["parallel"], stop_after=job.get("stop_after"))
             if rank == 0:
@@ -76,7 +76,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _single(policy: str, run_dir: Path):
     model = _model()
-    curve = train(model, policy, CFG, 0, *loop_data(), run_dir=run_dir, progress=False)
+    curve = train(model, policy, CFG, 0, loop_data(), run_dir=run_dir, progress=False)
     return dict(model.state_dict()), curve
 
 
@@ -114,7 +114,7 @@ def test_killed_on_two_ranks_resumes_on_one(tmp_path, policy, parallel):
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3  # checkpointed at 3; step 4 is lost, as in a kill
     model = _model()
-    curve = train(model, policy, CFG, 0, *loop_data(), run_dir=run_dir, progress=False)
+    curve = train(model, policy, CFG, 0, loop_data(), run_dir=run_dir, progress=False)
     _assert_same(dict(model.state_dict()), curve, ref_params, ref_curve)
 
 

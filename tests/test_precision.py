@@ -58,14 +58,13 @@ def test_bf16_teacher_targets_track_fp32():
 def test_bf16_distillation_tracks_the_fp32_curve(tmp_path):
     """Same data, seed and steps: the held-out KL curve in bf16 autocast stays within 10% (plus
     0.02 nats) of fp32's at every evaluation, and both fall."""
-    train_ids, train_t, held_ids, held_t = loop_data()
+    data = loop_data()
     curves = {}
     for precision in ("fp32", "bf16"):
         cfg = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=4,
                           ckpt_every=12, precision=precision)
         curves[precision] = [r["heldout_kl"] for r in train(
-            sharp_hybrid(), "ssm-only", cfg, 0, train_ids, train_t, held_ids, held_t,
-            tmp_path / precision, progress=False)]
+            sharp_hybrid(), "ssm-only", cfg, 0, data, tmp_path / precision, progress=False)]
     ref, bf = curves["fp32"], curves["bf16"]
     assert ref[-1] < ref[0] and bf[-1] < bf[0]
     assert ref != bf  # the bf16 path did run in bf16

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rad.method.distill.loop import TrainData
 from rad.method.distill.losses import teacher_targets
 from rad.method.replace import build_hybrid
 from rad.runtime.config import ModelConfig
@@ -119,5 +120,5 @@ def loop_data():
     teacher = sharp_teacher()
     train_ids, held_ids = random_ids(24, 16, 1), random_ids(6, 16, 2)
     with torch.no_grad():
-        return (train_ids, teacher_targets(teacher(train_ids), 16),
-                held_ids, teacher_targets(teacher(held_ids), 16))
+        return TrainData(train_ids, teacher_targets(teacher(train_ids), 16),
+                         held_ids, teacher_targets(teacher(held_ids), 16))

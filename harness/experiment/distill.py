@@ -29,7 +29,7 @@ from harness.models import (
 )
 from rad.digest import json_digest
 from rad.method.distill.align import align_mixers
-from rad.method.distill.loop import CURVE, TrainConfig, heldout_kl_rows, train
+from rad.method.distill.loop import CURVE, TrainConfig, TrainData, heldout_kl_rows, train
 from rad.method.distill.parallel import choose
 from rad.method.distill.trainable import TRAINABLE_POLICIES
 from rad.method.recipes import Recipe, get_recipe
@@ -214,9 +214,9 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
     if recipe.align_steps:
         alignment = align_mixers(hybrid, teacher.model, data.train_ids, recipe.align_steps,
                                  seed=req.seed)
-    curve = train(hybrid, recipe.trainable, req.train, req.seed, data.train_ids, train_t,
-                  data.heldout_ids, held_t, out / "train", progress=progress, world=world,
-                  parallel=req.parallel)
+    curve = train(hybrid, recipe.trainable, req.train, req.seed,
+                  TrainData(data.train_ids, train_t, data.heldout_ids, held_t), out / "train",
+                  progress=progress, world=world, parallel=req.parallel)
     if not world.is_main:
         world.barrier()  # rank 0 writes the hybrid folder
         return out

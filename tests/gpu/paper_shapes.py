@@ -24,7 +24,7 @@ from harness.experiment.bench_throughput import bench_pair
 from harness.experiment.config import load_config
 from harness.experiment.distill_data import compute_targets
 from harness.models import parse_dtype
-from rad.method.distill.loop import TrainConfig, train
+from rad.method.distill.loop import TrainConfig, TrainData, train
 from rad.method.replace import build_hybrid
 from rad.method.select import SELECTORS, SelectionRequest
 from rad.runtime.config import ModelConfig
@@ -123,8 +123,9 @@ def main(out: Path, dry: bool) -> None:
                      warmup_steps=1, eval_every=1, ckpt_every=n_steps, eval_batch_size=2,
                      precision="fp32" if dry else d.precision)
     with tempfile.TemporaryDirectory() as tmp, Meter(device) as m:
-        curve = train(hybrid, "ssm-only", tc, 0, ids[:rows], targets[:rows], ids[rows:],
-                      targets[rows:], Path(tmp), progress=False)
+        curve = train(hybrid, "ssm-only", tc, 0, TrainData(ids[:rows], targets[:rows],
+                                                           ids[rows:], targets[rows:]),
+                      Path(tmp), progress=False)
     walls = [c["wall_s"] for c in curve]
     per_step = [b_ - a for a, b_ in zip(walls, walls[1:], strict=False)]
     est = estimated(plan, "distill rad-")

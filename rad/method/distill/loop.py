@@ -17,6 +17,7 @@ import time
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -216,12 +217,18 @@ def optimizer_step(par: Parallel, opt: torch.optim.Optimizer,
     return total
 
 
-def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
-          train_ids: torch.Tensor, train_targets: TeacherTargets,
-          heldout_ids: torch.Tensor, heldout_targets: TeacherTargets,
-          run_dir: Path, progress: bool = True,
-          stop_after: int | None = None, world: World = SINGLE,
-          parallel: str = "auto") -> list[dict]:
+class TrainData(NamedTuple):
+    """Token rows and the teacher's targets for them: what the loop trains on, and the held-out
+    rows its curve is measured on."""
+    train_ids: torch.Tensor  # (N, T)
+    train_targets: TeacherTargets
+    heldout_ids: torch.Tensor  # (M, T)
+    heldout_targets: TeacherTargets
+
+
+def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int, data: TrainData,
+          run_dir: Path, *, progress: bool = True, stop_after: int | None = None,
+          world: World = SINGLE, parallel: str = "auto") -> list[dict]:
     """Distil `model` in place for cfg.steps optimiser steps; returns the curve.
 
     run_dir holds the checkpoint and curve.jsonl; an existing checkpoint there is resumed.
@@ -242,13 +249,13 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
     ckpt_path = run_dir / CHECKPOINT
     state = load_checkpoint(ckpt_path, run, par, opt, sched)
     model.train()
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * train_ids.shape[1]
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * data.train_ids.shape[1]
 
     def evaluate(train_loss: float | None) -> None:
         state.curve.append({
             "step": state.step, "tokens": state.step * tokens_per_step, "wall_s": state.wall_s,
             "train_loss": train_loss, "heldout_kl": heldout_kl(
-                par.eval_module, heldout_ids, heldout_targets, cfg.eval_batch_size),
+                par.eval_module, data.heldout_ids, data.heldout_targets, cfg.eval_batch_size),
             "lr": sched.get_last_lr()[0]})
 
     if not state.curve:
@@ -258,7 +265,8 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int,
     last = cfg.steps if stop_after is None else min(cfg.steps, state.step + stop_after)
     while state.step < last:
         t0 = time.perf_counter()
-        loss = optimizer_step(par, opt, sched, cfg, seed, train_ids, train_targets, state)
+        loss = optimizer_step(par, opt, sched, cfg, seed, data.train_ids, data.train_targets,
+                              state)
         state.step += 1
         state.wall_s += time.perf_counter() - t0
         state.pending.append(loss)
