@@ -23,6 +23,7 @@ import torch
 from harness.experiment.bench_runtime import measure_stream_gbs
 from harness.experiment.bench_throughput import bench_pair
 from harness.experiment.distill_data import compute_targets
+from harness.experiment.estimate import params, weight_bytes
 from harness.tasks.batching import score_continuations
 from rad.method.distill.loop import Progress, TrainConfig, lr_factor, optimizer_step
 from rad.method.distill.parallel import Parallel
@@ -69,21 +70,12 @@ def gemm_peak(dtype: torch.dtype, repeats: int = 10) -> float:
     return statistics.median(rates)
 
 
-def _params(model: Decoder) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def _weight_bytes(model: Decoder) -> int:
-    return sum(p.numel() * p.element_size()
-               for p in {id(p): p for p in model.parameters()}.values())
-
-
 def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: int,
                 layers: list[int], peak: float, stream: float, repeats: int,
                 ) -> dict[str, tuple[list[float], float]]:
     """stage -> (tok/s of each run, the limit) at precision `p`."""
     device, (batch, seq_len) = model.device, ids.shape
-    n = _params(model)
+    n = params(model)
     targets = compute_targets(model, ids, 64, 1.0, batch_size=batch, precision=p)
     hybrid = build_hybrid(model, layers, "skip", seed=0)
     trained = set_trainable(hybrid, "ssm-only")
@@ -95,7 +87,7 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
     n_trained = sum(t.numel() for t in trained.values())
 
     def distill_step():
-        optimizer_step(par, opt, sched, cfg, 0, ids, targets, state)
+        optimizer_step(par, opt, sched, cfg, 0, ids, targets, state, p)
 
     def likelihood():
         with p.autocast(device):
@@ -118,7 +110,7 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
     for b in (1, 8):
         pair = bench_pair(decoder, None, seq_len, b, 32, repeats)
         runs[f"decode-b{b}"] = (pair["base"]["decode_tok_s_runs"],
-                                b * stream / _weight_bytes(decoder))
+                                b * stream / weight_bytes(decoder))
     return runs
 
 
@@ -129,7 +121,7 @@ def bench_stages(model: Decoder, pad_id: int, precisions: Sequence[str], repeats
     device = model.device
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=gen)
-    n = _params(model)
+    n = params(model)
     flops = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
     stream = measure_stream_gbs(device=str(device)) * 1e9
     layers = SELECTORS.get("uniform")(SelectionRequest(model.cfg.n_layers, k))

@@ -116,9 +116,13 @@ class Mamba2State:
         return self.max_rollback + 1
 
     def ring_slots(self, n: int) -> torch.Tensor:
-        """Ring slots (n + 1,) of the positions length .. length + n: the snapshots taken before
-        each of n tokens and after the last (what `Mamba2.scan_tokens` writes)."""
-        return (self.length + torch.arange(n + 1, device=self.conv.device)) % self.ring_size
+        return ring_slots(self.length, n, self.ring_size, self.conv.device)
+
+    def check_start(self, start: int) -> None:
+        """A call that feeds tokens from slot `start` on must find the state exactly there."""
+        if self.length != start:
+            raise ValueError(f"Mamba2 state holds {self.length} tokens but the call starts at "
+                             f"{start} (a skipped layer must be rolled back before it runs)")
 
     @property
     def rings(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -169,6 +173,12 @@ class Mamba2State:
                              *zip(self.rings or (), src.rings or (), strict=True)):
             mine.copy_(theirs.expand_as(mine))
         self.length, self.snapshots = src.length, set(src.snapshots)
+
+
+def ring_slots(start: int, n: int, ring_size: int, device) -> torch.Tensor:
+    """Ring slots (n + 1,) of positions start .. start + n: the snapshots taken before each of
+    n tokens and after the last (what `Mamba2.scan_tokens` writes)."""
+    return (start + torch.arange(n + 1, device=device)) % ring_size
 
 
 def save_snapshot(conv: torch.Tensor, ssm: torch.Tensor,
@@ -318,9 +328,8 @@ class Mamba2(nn.Module):
         snapshot at every position); longer blocks run the chunked scan after one snapshot.
         """
         T = u.shape[1]
-        if state is not None and state.length != ctx.start:
-            raise ValueError(f"Mamba2 state holds {state.length} tokens but the call starts at "
-                             f"{ctx.start} (a skipped layer must be rolled back before it runs)")
+        if state is not None:
+            state.check_start(ctx.start)
         z, xBC, dt, A = self.project(u, ctx.token_mask)
         if state is not None and (T == 1 or T <= state.max_rollback):
             rings = state.rings

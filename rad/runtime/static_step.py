@@ -24,6 +24,7 @@ import torch
 
 from rad.runtime import compile_mode as modes
 from rad.runtime.cache import InferenceCache
+from rad.runtime.mamba2 import ring_slots
 from rad.runtime.model import Decoder, MixerCall
 
 MAX_STEP_TOKENS = 16  # the longest step compiled (speculative verify blocks are gamma + 1)
@@ -228,13 +229,9 @@ class Stepper:
         B, T = tokens.shape
         mamba = [st for st, kind in zip(c.states, self.plan, strict=True) if kind == "mamba2"]
         for st in mamba:
-            if st.length != c.length:
-                raise ValueError(f"Mamba2 state holds {st.length} tokens but the call starts at "
-                                 f"{c.length} (a skipped layer must be rolled back before it "
-                                 "runs)")
+            st.check_start(c.length)
         start, positions, _ = c.append(torch.ones(B, T, dtype=torch.bool, device=self.device))
-        ring = self.rollback + 1
-        ring_slots = (start + torch.arange(T + 1, device=self.device)) % ring
+        snapshot_slots = ring_slots(start, T, self.rollback + 1, self.device)  # every layer
         cos, sin = model.rope_table(c.max_len, self.device)
         if self._bufs is None:
             self._bufs = tuple(self._buffers(st, kind)
@@ -252,7 +249,7 @@ class Stepper:
             logits = GRAPHS.forward_of(model)(
                 self.plan, tokens.to(self.device), positions,
                 start + torch.arange(T, device=self.device),
-                c.key_valid, ring_slots, cos[:c.max_len], sin[:c.max_len], self._bufs)
+                c.key_valid, snapshot_slots, cos[:c.max_len], sin[:c.max_len], self._bufs)
         if self.device.type == "cuda":
             logits = logits.clone()  # a CUDA graph's output is overwritten by its next replay
         if first:

@@ -28,7 +28,7 @@ from rad.method.distill.parallel import Parallel, rank_rows
 from rad.method.distill.trainable import set_trainable
 from rad.runtime.distributed import SINGLE, World
 from rad.runtime.model import Decoder
-from rad.runtime.precision import PRECISIONS, resolve_precision
+from rad.runtime.precision import PRECISIONS, Precision, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 CURVE = "curve.jsonl"
@@ -190,11 +190,11 @@ def _write_curve(path: Path, curve: list[dict]) -> None:
 def optimizer_step(par: Parallel, opt: torch.optim.Optimizer,
                    sched: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, seed: int,
                    train_ids: torch.Tensor, train_targets: TeacherTargets,
-                   progress: Progress) -> float:
+                   progress: Progress, precision: Precision) -> float:
     """One optimiser step over `cfg.grad_accum` micro-batches of the seeded data stream, read
-    from `progress.position` on (which it advances); returns the global batch's mean loss."""
+    from `progress.position` on (which it advances), its forwards under `precision` (resolved
+    once per run from `cfg.precision`); returns the global batch's mean loss."""
     device = par.model.device
-    precision = resolve_precision(cfg.precision, device)
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for micro in range(cfg.grad_accum):
@@ -248,6 +248,7 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int, data: TrainD
     run = {"config": cfg.as_dict(), "seed": seed, "policy": policy}
     ckpt_path = run_dir / CHECKPOINT
     state = load_checkpoint(ckpt_path, run, par, opt, sched)
+    precision = resolve_precision(cfg.precision, model.device)
     model.train()
     tokens_per_step = cfg.batch_size * cfg.grad_accum * data.train_ids.shape[1]
 
@@ -266,7 +267,7 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int, data: TrainD
     while state.step < last:
         t0 = time.perf_counter()
         loss = optimizer_step(par, opt, sched, cfg, seed, data.train_ids, data.train_targets,
-                              state)
+                              state, precision)
         state.step += 1
         state.wall_s += time.perf_counter() - t0
         state.pending.append(loss)
