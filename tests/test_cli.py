@@ -19,6 +19,7 @@ import rad.runtime.decode
 import rad.runtime.prompts
 from harness.cli import main
 from harness.models import TEACHERS, resolve_model_folder
+from rad.runtime.precision import resolve_precision
 
 GENERATE = ["generate", "--model", "tiny-random", "--prompt", "hello world",
             "--max-new-tokens", "5"]
@@ -84,7 +85,9 @@ def test_generate_prints_the_completion(tiny_folder, cli, generate_calls):
     assert r.rc == 0
     assert "rad: error" not in r.err
     (call,) = generate_calls
-    assert call.model.dtype == torch.float32
+    # the default --precision auto: bf16 weights where this CPU multiplies bf16 natively
+    auto = resolve_precision("auto", "cpu")
+    assert call.model.dtype == (torch.bfloat16 if auto.bf16 else torch.float32)
     tokens = call.result.tokens[0]
     assert 1 <= len(tokens) <= 5
     tok = AutoTokenizer.from_pretrained(tiny_folder)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.cli.args import add_compile_arg, int_list, str_list
+from harness.cli.args import add_compile_arg, add_precision_arg, int_list, str_list
 from harness.common.errors import UserError
 from harness.common.files import check_output_file
 from harness.experiment import distill_compare
@@ -83,10 +83,7 @@ def _add_train_args(d) -> None:
     d.add_argument("--ckpt-every", type=int, default=t.ckpt_every, help="checkpoint every N")
     d.add_argument("--loss", default=None, help="override the recipe's loss "
                    f"({'|'.join(LOSSES.names())})")
-    d.add_argument("--precision", default=t.precision,
-                   help="auto|fp32|bf16 for the teacher targets and the training forwards "
-                   "(auto: bf16 where the device multiplies bf16 natively; the summary "
-                   "records what it resolved to and why)")
+    add_precision_arg(d)  # the teacher targets and the training forwards
     d.add_argument("--seq-len", type=int, default=dd.seq_len)
     d.add_argument("--train-seqs", type=int, default=dd.n_train)
     d.add_argument("--heldout-seqs", type=int, default=dd.n_heldout)

@@ -6,12 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.cli.args import add_compile_arg, add_model_args, int_list, str_list
+from harness.cli.args import add_compile_arg, add_model_args, add_precision_arg, int_list, str_list
 from harness.common.files import check_output_file
 from harness.report.tables import eval_summary_lines
 from harness.tasks.base import TASKS, CodeExecution, Decoding, Problems
 from harness.tasks.evaluate import EvalConfig, run_eval, validate
 from rad.runtime.distributed import init_world
+from rad.runtime.precision import resolve_precision
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -65,6 +66,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     e.add_argument("--gamma", type=int, default=4, help="draft length for the acceptance rate")
     e.add_argument("--spec-tokens", type=int, default=64,
                    help="new tokens per prompt for the acceptance rate")
+    add_precision_arg(e)
     add_compile_arg(e)
     e.set_defaults(handler=cmd_eval)
 
@@ -86,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json)
     world = init_world(cfg.device)  # under torchrun: batches shard over the ranks
-    result = run_eval(cfg)
+    result = run_eval(cfg, resolve_precision(args.precision, cfg.device))
     if not world.is_main:
         return 0
     for line in eval_summary_lines(result):

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from harness.cli.args import add_compile_arg, add_draft_args, add_model_args, int_list
+from harness.cli.args import (
+    add_compile_arg,
+    add_draft_args,
+    add_model_args,
+    add_precision_arg,
+    int_list,
+)
 from harness.common.errors import UserError
-from harness.models import load_model
+from harness.models import inference_dtype, load_model
 from rad.runtime import decode, prompts
+from rad.runtime.precision import resolve_precision
 
 DESCRIPTIONS = {
     "generate": "Greedy completion on the rad runtime. With --skip, the listed layers' "
@@ -27,6 +35,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    help="comma-separated layer indices whose attention is skipped (the draft)")
     if name == "speculate":
         add_draft_args(p)
+    add_precision_arg(p)
     add_compile_arg(p)
     p.set_defaults(handler=cmd_generate if name == "generate" else cmd_speculate)
 
@@ -48,13 +57,17 @@ def _model_and_prompt(args):
     """Load --model and encode --prompt; validate --skip against the model."""
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be >= 1")
-    lm = load_model(args.model, dtype=args.dtype)
+    precision = resolve_precision(args.precision, "cpu")  # load_model's default device
+    lm = load_model(args.model, dtype=inference_dtype(args.dtype, precision))
     _check_skip(args.skip, lm.model.cfg.n_layers)
     try:
         ids, mask = prompts.encode_prompts(lm.tokenizer, [args.prompt], args.chat,
                                            lm.pad_token_id)
     except ValueError as e:
         raise UserError(str(e)) from None
+    # stdout is the completion alone; what the precision resolved to goes beside it (after
+    # every check: an error stays one line)
+    print(f"rad: precision {precision.resolved} ({precision.reason})", file=sys.stderr)
     return lm, ids, mask
 
 

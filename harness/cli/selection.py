@@ -7,7 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.cli.args import add_compile_arg, add_draft_args, add_model_args, int_list, str_list
+from harness.cli.args import (
+    add_compile_arg,
+    add_draft_args,
+    add_model_args,
+    add_precision_arg,
+    int_list,
+    str_list,
+)
 from harness.cli.runtime import check_draft_args
 from harness.common.errors import UserError
 from harness.common.files import ensure_writable_dir, read_json
@@ -22,9 +29,10 @@ from harness.experiment.selection import (
     run_kl_profile,
     run_select,
 )
-from harness.models import load_model, require_same_tokenizer
+from harness.models import inference_dtype, load_model, require_same_tokenizer
 from rad.method.diagnose import SpecSettings
 from rad.method.select import OBJECTIVES, SAMPLERS
+from rad.runtime.precision import resolve_precision
 
 DESCRIPTIONS = {
     "diagnose": "Skip each attention layer alone in the self-speculative draft and record "
@@ -94,6 +102,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         p.add_argument("--random", type=int, default=3, help="number of random sets")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--repeats", type=int, default=3)
+    add_precision_arg(p)
     add_compile_arg(p)
     p.set_defaults(handler={"diagnose": cmd_diagnose, "select": cmd_select,
                             "compare-sets": cmd_compare_sets,
@@ -111,6 +120,7 @@ def _add_kl_profile_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=int, default=default,
                        help=f"distillation data, as 'rad distill' (default {default})")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_precision_arg(p)
     add_compile_arg(p)
     p.set_defaults(handler=cmd_kl_profile)
 
@@ -118,7 +128,9 @@ def _add_kl_profile_args(p: argparse.ArgumentParser) -> None:
 def _workload(args: argparse.Namespace):
     check_draft_args(args)
     settings = SpecSettings(args.gamma, args.max_new_tokens, args.stop_threshold)
-    return load_workload(args.model, args.prompts, settings, args.dtype)
+    # these commands load on the CPU (load_model's default device); so does kl-profile
+    return load_workload(args.model, args.prompts, settings, args.dtype,
+                         precision=resolve_precision(args.precision, "cpu"))
 
 
 def cmd_diagnose(args) -> int:
@@ -178,10 +190,12 @@ def cmd_kl_profile(args) -> int:
     if not 1 <= args.rows <= args.train_seqs:
         raise UserError(f"--rows must be in 1..{args.train_seqs} (--train-seqs)")
     ensure_writable_dir(args.out)
-    lm = load_model(args.model, dtype=args.dtype)
-    teacher = lm if args.teacher in (None, args.model) else load_model(args.teacher, args.dtype)
+    precision = resolve_precision(args.precision, "cpu")
+    dtype = inference_dtype(args.dtype, precision)
+    lm = load_model(args.model, dtype=dtype)
+    teacher = lm if args.teacher in (None, args.model) else load_model(args.teacher, dtype)
     require_same_tokenizer(lm, teacher, "the KL compares token distributions")
-    path = run_kl_profile(lm, teacher, data_cfg, args.rows, args.out, args.dtype)
+    path = run_kl_profile(lm, teacher, data_cfg, args.rows, args.out, args.dtype, precision)
     record = json.loads(path.read_text())
     order = sorted(record["layers"], key=lambda e: -e["benefit"])
     print(f"all attention skipped: KL {record['all_skipped_kl']:.4f}; restoring helps most: "

@@ -2,7 +2,10 @@
 process: teacher targets, one SSM-only distillation step of a k-layer hybrid, likelihood
 scoring and compiled greedy decode at batch 1 and 8; with the machine's GEMM peak (fp32 and
 bf16) and read bandwidth measured in the same run, so each stage's tok/s comes with its ratio
-to fp32 and its fraction of what the machine allows.
+to fp32 and its fraction of what the machine allows. Each stage runs as the real run runs
+it: bf16 targets, scoring and decode on a bf16 copy of the weights (targets with the fused
+vocabulary pass), the bf16 step under autocast with the frozen weights cast once
+(`rad.runtime.precision`).
 
 Limits: a forward costs 2N FLOPs per token (N = parameters, the tied head counted once), an
 SSM-only step about 4N + 2T (forward, activation gradients, the T trained parameters'
@@ -12,7 +15,6 @@ weight bytes tokens per second.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +34,8 @@ from rad.method.replace import build_hybrid
 from rad.method.select import SELECTORS, SelectionRequest
 from rad.runtime.distributed import SINGLE
 from rad.runtime.model import Decoder
-from rad.runtime.precision import Precision, native_bf16, resolve_precision
+from rad.runtime.precision import (FrozenCasts, Precision, for_inference, native_bf16,
+                                   resolve_precision)
 
 STAGES = ("targets", "distill", "likelihood", "decode-b1", "decode-b8")
 
@@ -85,13 +88,14 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     state = Progress()
     n_trained = sum(t.numel() for t in trained.values())
+    casts = FrozenCasts(hybrid, p)  # once per run, as `train` makes them
+    scorer = for_inference(model, p)  # as `rad eval --precision` loads it
 
     def distill_step():
-        optimizer_step(par, opt, sched, cfg, 0, ids, targets, state, p)
+        optimizer_step(par, opt, sched, cfg, 0, ids, targets, state, p, casts)
 
     def likelihood():
-        with p.autocast(device):
-            score_continuations(model, pairs, pad_id, batch_size=len(pairs))
+        score_continuations(scorer, pairs, pad_id, batch_size=len(pairs))
 
     def targets_pass():
         compute_targets(model, ids, 64, 1.0, batch_size=batch, precision=p)
@@ -104,9 +108,7 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
         "likelihood": (_median_rate(likelihood, sum(len(c) for c in {tuple(c) for c, _ in pairs})
                                     + sum(len(x) for _, x in pairs), repeats), peak / (2 * n)),
     }
-    # Decoding in bf16 means bf16 weights (half the bytes a step reads), not autocast, which
-    # would cast the fp32 weights on every step.
-    decoder = model if not p.bf16 else copy.deepcopy(model).to(torch.bfloat16)
+    decoder = scorer  # bf16 weights: half the bytes a step reads
     for b in (1, 8):
         pair = bench_pair(decoder, None, seq_len, b, 32, repeats)
         runs[f"decode-b{b}"] = (pair["base"]["decode_tok_s_runs"],
@@ -144,7 +146,8 @@ def bench_stages(model: Decoder, pad_id: int, precisions: Sequence[str], repeats
     native, why = native_bf16(device)
     return {"machine": {"gemm_flops": flops, "stream_bytes_s": stream,
                         "threads": torch.get_num_threads(), "native_bf16": native,
-                        "why": why, "torch": torch.__version__},
+                        "why": why, "auto_resolves_to": resolve_precision("auto", device).resolved,
+                        "torch": torch.__version__},
             "settings": {"batch": batch, "seq_len": seq_len, "k": k, "repeats": repeats,
                          "params": n, "precisions": list(precisions)},
             "records": [asdict(r) for r in records]}
@@ -155,7 +158,7 @@ def stages_table(result: dict) -> str:
     lines = [f"GEMM peak: fp32 {m['gemm_flops']['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
              f"{m['gemm_flops']['bf16'] / 1e9:.0f} GFLOP/s; read bandwidth "
              f"{m['stream_bytes_s'] / 1e9:.1f} GB/s; {m['threads']} threads; native bf16: "
-             f"{m['why']}", "",
+             f"{m['why']}; --precision auto resolves to {m.get('auto_resolves_to', '?')}", "",
              "| stage | precision | tok/s | vs fp32 | limit tok/s | of limit |",
              "|---|---|---:|---:|---:|---:|"]
     for r in result["records"]:

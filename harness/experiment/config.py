@@ -62,7 +62,6 @@ class DistillSettings:
     n_train: int = 96
     n_heldout: int = 8
     topk: int = 64
-    precision: str = "auto"  # teacher targets and training (rad.runtime.precision)
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,9 @@ class ExperimentConfig:
     method_seeds: dict[str, list[int]] = field(default_factory=dict)
     teacher: str | None = None  # distillation teacher; None: self-distillation from `model`
     dtype: str = "fp32"
+    # rad.runtime.precision, for every compute-bound stage: inference stages run its inference
+    # dtype for `dtype`, distillation its autocast; auto resolves per device
+    precision: str = "auto"
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads (None: torch's default)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
@@ -158,12 +160,20 @@ def _coerce(value: Any, tp, where: str) -> Any:
     return float(value) if tp is float else value
 
 
+# Keys that moved: (section, old key) -> where it lives now (an old profile names the new place).
+MOVED_KEYS = {(DistillSettings, "precision"): "the top-level 'precision' (one policy for every "
+              "stage)"}
+
+
 def _build(cls, data: Any, where: str):
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
+        moved = MOVED_KEYS.get((cls, key))
+        if moved:
+            raise UserError(f"{where}: {key!r} moved to {moved}; set it there")
         if key not in fields:
             raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
     kwargs = {}
@@ -204,6 +214,8 @@ def _check(cfg: ExperimentConfig, where: str) -> None:
             raise UserError(f"{where}: eval.limits.{t} must be >= 1; got {n}")
     if cfg.dtype not in DTYPES:
         raise UserError(f"{where}: dtype must be one of {', '.join(DTYPES)}")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}")
     if cfg.device not in ("cpu", "cuda"):
         raise UserError(f"{where}: device must be cpu or cuda")
     if cfg.selection.objective not in OBJECTIVES:
@@ -229,8 +241,6 @@ def _check(cfg: ExperimentConfig, where: str) -> None:
     if cfg.selection.kl_rows > cfg.distill.n_train:
         raise UserError(f"{where}: selection.kl_rows must be <= distill.n_train "
                         f"({cfg.distill.n_train})")
-    if cfg.distill.precision not in PRECISIONS:
-        raise UserError(f"{where}: distill.precision must be one of {', '.join(PRECISIONS)}")
 
 
 def profile_names() -> list[str]:

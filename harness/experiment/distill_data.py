@@ -30,10 +30,10 @@ from harness.common.errors import UserError
 from harness.common.files import atomic_dir, cache_dir
 from harness.tasks.data import load_task
 from rad.digest import json_digest
-from rad.method.distill.losses import TeacherTargets, teacher_targets
+from rad.method.distill.losses import TeacherTargets, teacher_targets, teacher_targets_fused
 from rad.runtime.distributed import current_world
 from rad.runtime.model import Decoder
-from rad.runtime.precision import FP32, Precision
+from rad.runtime.precision import FP32, Precision, for_inference
 
 # Pure-Python stdlib modules whose top-level definitions serve as the code source.
 STDLIB_MODULES = ("bisect", "heapq", "textwrap", "fractions", "statistics", "string",
@@ -169,18 +169,23 @@ def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
 def compute_targets(teacher: Decoder, ids: torch.Tensor, k: int, tau: float,
                     batch_size: int = 4, desc: str = "teacher targets",
                     precision: Precision = FP32) -> TeacherTargets:
-    """The teacher's top-k targets for every row (forwards under `precision`, the log-softmax
-    and top-k on fp32 logits); under torchrun the batches go round-robin over the ranks (the
-    same batches as one process: the same numbers)."""
+    """The teacher's top-k targets for every row; under bf16 `precision` the forwards run a
+    bf16 copy of the weights and the vocabulary pass is the fused one (both in
+    `rad.runtime.precision`'s docstring), the fp32 reference otherwise; the log-normalisers are
+    fp32 either way. Under torchrun the batches go round-robin over the ranks (the same batches
+    as one process: the same numbers)."""
     world = current_world()
     n = (ids.shape[0] + batch_size - 1) // batch_size
     bar = tqdm(total=n, desc=desc, unit="batch", leave=False, disable=not world.is_main)
+    model = for_inference(teacher, precision)
+    vocab_pass = teacher_targets_fused if precision.bf16 else teacher_targets
 
     def one(b: int) -> TeacherTargets:
-        with precision.autocast(teacher.device):
-            logits = teacher(ids[b * batch_size:(b + 1) * batch_size].to(teacher.device))
+        logits = model(ids[b * batch_size:(b + 1) * batch_size].to(teacher.device))
         bar.update()
-        return teacher_targets(logits.cpu(), k, tau)
+        if not precision.bf16:  # the reference as it always ran: the vocabulary pass on the CPU
+            logits = logits.cpu()
+        return vocab_pass(logits, k, tau).to(torch.device("cpu"))
 
     parts = world.map_batches(one, n)
     bar.close()

@@ -39,7 +39,7 @@ from harness.experiment.selection import (
     workload_for,
 )
 from harness.experiment.steps import StepStore
-from harness.models import LoadedModel, load_model
+from harness.models import LoadedModel, inference_dtype, load_model
 from harness.report.schema import CELLS_DIR, RUN_FILE, STEPS_DIR, cell_name
 from harness.tasks.base import TASKS, CodeExecution, Decoding, Problems, Task
 from harness.tasks.data import load_task
@@ -48,7 +48,7 @@ from rad.method.diagnose import SpecSettings
 from rad.method.recipes import get_recipe
 from rad.method.select import RECORDS
 from rad.runtime.distributed import current_world
-from rad.runtime.precision import resolve_precision
+from rad.runtime.precision import Precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,34 @@ def _items(task: Task, samples: Path) -> dict:
     return {"ids": ids, "correct": correct}
 
 
+def run_precision(cfg: ExperimentConfig) -> Precision:
+    """The profile's precision as it resolves on this machine (every stage's)."""
+    return resolve_precision(cfg.precision, cfg.device)
+
+
+def precision_inputs(precision: Precision) -> dict:
+    """What a step key adds for the precision of a step whose numbers it changes: bf16 by its
+    resolved name (fp32 steps keep the keys they always had, as cached targets do)."""
+    return {"precision": precision.resolved} if precision.bf16 else {}
+
+
+def distill_settings(cfg: ExperimentConfig) -> dict:
+    """The profile's `distill:` with its precision, as `distill_configs` takes them (the loop
+    takes the requested name and resolves it per device)."""
+    return {**asdict(cfg.distill), "precision": cfg.precision}
+
+
 def load_base(cfg: ExperimentConfig) -> LoadedModel:
     """The base model, once per process, under the process settings the whole run computes
-    with. Denormal flushing changes float results; eval turns it on, so it is on from the
-    start (a resumed run must compute exactly what an uninterrupted one does)."""
+    with, in the precision's inference dtype (it serves the inference stages only: selection,
+    the KL profile, benches; distillation loads its own, in `dtype`). Denormal flushing
+    changes float results; eval turns it on, so it is on from the start (a resumed run must
+    compute exactly what an uninterrupted one does)."""
     torch.set_flush_denormal(True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    return load_model(cfg.model, dtype=inference_dtype(cfg.dtype, run_precision(cfg)),
+                      device=cfg.device)
 
 
 # -- preflight: everything that can fail is checked before anything is written --------------------
@@ -145,6 +165,9 @@ class Runner:
         self.world = current_world()  # under torchrun: rank 0 writes, sharded steps run on all
         self.store = StepStore(self.out, code_version(), self.provenance, self.world)
         self.base = base  # from `preflight`, loaded once
+        self.precision = run_precision(cfg)
+        # the inference stages' dtype (the base model's, from `load_base`)
+        self.inference_dtype = inference_dtype(cfg.dtype, self.precision)
         self._work: Workload | None = None
         self._records: dict[str, tuple[Path, dict]] = {}  # step name -> (folder, record)
 
@@ -154,13 +177,15 @@ class Runner:
         if self._work is None:
             s = self.cfg.selection
             self._work = workload_for(self.base, s.prompts,
-                                      SpecSettings(s.gamma, s.max_new_tokens), self.cfg.dtype)
+                                      SpecSettings(s.gamma, s.max_new_tokens), self.cfg.dtype,
+                                      self.precision)
         return self._work
 
     def _selection_inputs(self) -> dict:
         s = self.cfg.selection
         return {"model": self.cfg.model, "dtype": self.cfg.dtype, "prompts": s.prompts,
-                "gamma": s.gamma, "max_new_tokens": s.max_new_tokens}
+                "gamma": s.gamma, "max_new_tokens": s.max_new_tokens,
+                **precision_inputs(self.precision)}
 
     # Each step that makes a record (see `RECORDS`) has one signature: (seed, steps) -> its
     # folder, its record and those of the steps it read noted in `steps`.
@@ -197,15 +222,16 @@ class Runner:
         """The restore-one-layer KL profile (once per profile: `seed` is unused)."""
         if "kl-profile" not in self._records:
             cfg = self.cfg
-            _, data_cfg = distill_configs(get_recipe("rad"), asdict(cfg.distill))
+            _, data_cfg = distill_configs(get_recipe("rad"), distill_settings(cfg))
             inputs = {"model": cfg.model, "teacher": cfg.teacher, "dtype": cfg.dtype,
-                      "data": data_cfg.as_dict(), "rows": cfg.selection.kl_rows}
+                      "data": data_cfg.as_dict(), "rows": cfg.selection.kl_rows,
+                      **precision_inputs(self.precision)}
 
             def fn(folder: Path) -> None:
                 teacher = self.base if cfg.teacher in (None, cfg.model) else load_model(
-                    cfg.teacher, cfg.dtype, cfg.device)
+                    cfg.teacher, self.inference_dtype, cfg.device)
                 run_kl_profile(self.base, teacher, data_cfg, cfg.selection.kl_rows, folder,
-                               cfg.dtype)
+                               cfg.dtype, self.precision)
             self._records["kl-profile"] = self.store.run("kl-profile", inputs, fn,
                                                          label="(all layers)")
         folder, steps["kl-profile"] = self._records["kl-profile"]
@@ -217,11 +243,11 @@ class Runner:
     # per cell ---------------------------------------------------------------------------------
     def distill(self, cell: Cell, steps: dict[str, dict]) -> Path:
         recipe = get_recipe(cell.method)
-        d = self.cfg.distill
-        train, data = distill_configs(recipe, asdict(d))
+        settings = distill_settings(self.cfg)
+        train, data = distill_configs(recipe, settings)
         inputs = {"method": recipe.as_dict(), "model": self.cfg.model,
                   "teacher": self.cfg.teacher, "dtype": self.cfg.dtype, "seed": cell.seed,
-                  "k": self.cfg.k, "distill": asdict(d)}
+                  "k": self.cfg.k, "distill": settings, **precision_inputs(self.precision)}
         selection = None
         reads = recipe.layer_selector.reads
         if reads is not None:
@@ -240,7 +266,8 @@ class Runner:
 
     def evaluate(self, model: str, model_key: str, label: str) -> tuple[Path, dict]:
         e = self.cfg.eval
-        inputs = {"model": model_key, "eval": asdict(e), "dtype": self.cfg.dtype}
+        inputs = {"model": model_key, "eval": asdict(e), "dtype": self.cfg.dtype,
+                  **precision_inputs(self.precision)}
 
         def fn(folder: Path) -> None:
             run_eval(EvalConfig(
@@ -250,7 +277,7 @@ class Runner:
                 decoding=Decoding(batch_size=e.batch_size, max_gen_toks=e.max_gen_toks),
                 execution=CodeExecution(allow_code_execution=self.allow),
                 dtype=self.cfg.dtype, device=self.cfg.device, threads=self.cfg.threads,
-                json_path=folder / "eval.json"))
+                json_path=folder / "eval.json"), self.precision)
         return self.store.run("eval", inputs, fn, label=label, every_rank=True)
 
     def bench(self, model: str | None, model_key: str, label: str) -> tuple[Path, dict]:
@@ -258,10 +285,12 @@ class Runner:
         interleaved window by window so both see the same machine load."""
         b = self.cfg.bench
         inputs = {"model": model_key, "bench": asdict(b), "dtype": self.cfg.dtype,
-                  "device": self.cfg.device, "threads": self.cfg.threads}
+                  "device": self.cfg.device, "threads": self.cfg.threads,
+                  **precision_inputs(self.precision)}
 
         def fn(folder: Path) -> None:
-            other = load_model(model, self.cfg.dtype, self.cfg.device).model if model else None
+            other = (load_model(model, self.inference_dtype, self.cfg.device).model if model
+                     else None)
             result = bench_pair(self.base.model, other, b.context, b.batch, b.new_tokens,
                                 b.repeats)
             atomic_write_text(folder / "bench.json", json.dumps(result, indent=2))
@@ -308,9 +337,8 @@ class Runner:
                       for name, rec in steps.items()},
             "profile": self.cfg.profile, "config_hash": self.cfg.config_hash(),
             "dtype": self.cfg.dtype, "device": self.cfg.device,
-            # what `auto` became on this machine, and why (teacher targets and training)
-            "precision": resolve_precision(self.cfg.distill.precision,
-                                           self.cfg.device).as_dict(),
+            # what `auto` became on this machine, and why (every stage)
+            "precision": self.precision.as_dict(),
             "threads": torch.get_num_threads(), "code_version": self.store.code,
             "provenance": self.provenance}
         if self.world.is_main:

@@ -18,7 +18,7 @@ from harness.common.errors import UserError
 from harness.common.files import atomic_write_text, check_output_file, read_json
 from harness.experiment.distill_data import DataConfig, build_data, cached_targets
 from harness.experiment.prompt_sets import PromptSet, build_prompt_set
-from harness.models import LoadedModel, load_model
+from harness.models import LoadedModel, inference_dtype, load_model
 from harness.report.plots import plot_profile, plot_sampler_curves
 from harness.report.stats import spearman
 from harness.report.tables import comparison_markdown, sampler_markdown
@@ -34,6 +34,7 @@ from rad.method.select import (
     profile_top_k,
 )
 from rad.runtime.decode import SpecStats, generate
+from rad.runtime.precision import FP32, Precision
 
 
 @dataclass
@@ -42,11 +43,13 @@ class Workload:
     prompts: PromptSet
     ids: list[torch.Tensor]  # one (1, T) tensor per prompt
     settings: SpecSettings
-    dtype: str
+    dtype: str  # the weights' stored dtype; `lm` runs in `precision`'s inference dtype for it
+    precision: Precision = FP32
     _trace: VerifierTrace | None = None  # the verifier's continuations, traced once
 
     def provenance(self) -> dict:
-        return {"model": self.lm.name, "dtype": self.dtype, "prompt_set": self.prompts.spec,
+        return {"model": self.lm.name, "dtype": self.dtype,
+                "precision": self.precision.as_dict(), "prompt_set": self.prompts.spec,
                 "prompt_sha256": self.prompts.sha256, "n_layers": self.lm.model.cfg.n_layers,
                 "settings": self.settings.as_dict()}
 
@@ -81,18 +84,21 @@ class Workload:
 
 
 def load_workload(model: str, prompts: str, settings: SpecSettings, dtype: str,
-                  device: str = "cpu") -> Workload:
+                  device: str = "cpu", precision: Precision = FP32) -> Workload:
     if settings.gamma < 1 or settings.max_new_tokens < 1:
         raise UserError("--gamma and --max-new-tokens must be >= 1")
-    return workload_for(load_model(model, dtype=dtype, device=device), prompts, settings, dtype)
+    lm = load_model(model, dtype=inference_dtype(dtype, precision), device=device)
+    return workload_for(lm, prompts, settings, dtype, precision)
 
 
-def workload_for(lm: LoadedModel, prompts: str, settings: SpecSettings, dtype: str) -> Workload:
-    """The prompt set tokenised for an already loaded model."""
+def workload_for(lm: LoadedModel, prompts: str, settings: SpecSettings, dtype: str,
+                 precision: Precision = FP32) -> Workload:
+    """The prompt set tokenised for an already loaded model (loaded in `precision`'s inference
+    dtype for `dtype`)."""
     pset = build_prompt_set(prompts, lm.tokenizer)
     ids = [torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]])
            for t in pset.texts]
-    return Workload(lm, pset, ids, settings, dtype)
+    return Workload(lm, pset, ids, settings, dtype, precision)
 
 
 def _check_k(k: int, n_layers: int) -> None:
@@ -140,9 +146,12 @@ def run_select(w: Workload, k: int, trials: int, objective: str, seed: int, out:
     warm = {"uniform": get_selector("uniform")(SelectionRequest(n_layers, k, seed))}
     if redundancy is not None:
         warm["profile-top-k"] = profile_top_k(read_json(redundancy, "redundancy profile"), k)
-    settings = {**w.provenance(), "k": k, "objective": objective, "seed": seed,
-                # tpe stays out of the hash: studies made before samplers were selectable resume
-                **({"sampler": sampler} if sampler != "tpe" else {})}
+    # tpe and fp32 stay out of the hash: studies made before samplers and precisions were
+    # selectable resume; bf16 goes in by its resolved name (a reworded reason is the same study)
+    settings = {**{key: v for key, v in w.provenance().items() if key != "precision"},
+                "k": k, "objective": objective, "seed": seed,
+                **({"sampler": sampler} if sampler != "tpe" else {}),
+                **({"precision": w.precision.resolved} if w.precision.bf16 else {})}
     spec = SearchSpec(n_layers, k, trials, seed, storage, SearchSpec.study_name_for(settings),
                       sampler)
     t0 = time.time()
@@ -247,19 +256,21 @@ def comparison_sets(n_layers: int, k: int, selection: dict | None, redundancy: d
 
 # -- kl-profile: what the kl-guided selector reads ----------------------------------------------
 def run_kl_profile(lm: LoadedModel, teacher: LoadedModel, data_cfg: DataConfig, rows: int,
-                   out: Path, dtype: str) -> Path:
+                   out: Path, dtype: str, precision: Precision = FP32) -> Path:
     """Restore-one-layer KL (`baselines.selectors.kl_guided`) on the first `rows` *training*
     rows of the distillation data, against the teacher's cached top-k targets (the targets
-    every method's distillation reads)."""
+    every method's distillation reads: the same `dtype` and `precision` key them). `lm` and
+    `teacher` are loaded in `precision`'s inference dtype for weights stored in `dtype`."""
     path = check_output_file(out / RECORDS["kl-profile"].file)
     if not 1 <= rows <= data_cfg.n_train:
         raise UserError(f"kl-profile rows must be in 1..{data_cfg.n_train} (the training rows)")
     t0 = time.time()
     data = build_data(lm.tokenizer, lm.eos_token_ids[0], data_cfg)
     train_t, _, targets_key = cached_targets(teacher.model, teacher.folder, data, data_cfg,
-                                             dtype)
+                                             dtype, precision)
     profile = restore_one_kl(lm.model, data.train_ids[:rows], train_t[:rows])
     result = {"record": "kl-profile", "model": lm.name, "teacher": teacher.name, "dtype": dtype,
+              "precision": precision.as_dict(),
               "n_layers": lm.model.cfg.n_layers, "rows": rows, "seq_len": data_cfg.seq_len,
               "split": "train", "data_sha256": data.sha256, "targets_key": targets_key,
               **profile, "wall_s": time.time() - t0}

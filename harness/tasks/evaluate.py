@@ -16,10 +16,11 @@ import torch
 from harness.common.errors import UserError
 from harness.common.files import atomic_write_text
 from harness.common.provenance import provenance
-from harness.models import load_model
+from harness.models import inference_dtype, load_model
 from harness.tasks.base import TASKS, EvalConfig
 from harness.tasks.fidelity import FidelitySettings, evaluate_fidelity
 from rad.runtime.distributed import current_world
+from rad.runtime.precision import FP32, Precision
 
 
 def validate(cfg: EvalConfig) -> None:
@@ -79,9 +80,10 @@ def samples_path(json_path: Path, task: str, kind: str = "samples") -> Path:
     return json_path.with_name(f"{json_path.stem}.{task}.{kind}.jsonl")
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, precision: Precision = FP32) -> dict[str, Any]:
     """Run every task; write the JSON (after each task, so a long run keeps what it finished)
-    and the per-sample JSONL files beside it. Returns the JSON object."""
+    and the per-sample JSONL files beside it. Returns the JSON object. The model (and the
+    fidelity teacher) run in `precision`'s inference dtype for weights stored in `cfg.dtype`."""
     if cfg.from_samples is not None:
         return _score_samples(cfg)
     # Random and barely trained weights produce denormal activations, which make CPU matmuls
@@ -90,12 +92,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     torch.set_flush_denormal(True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    teacher = (load_model(cfg.teacher, dtype=cfg.dtype, device=cfg.device) if cfg.teacher
-               else None)
+    dtype = inference_dtype(cfg.dtype, precision)
+    lm = load_model(cfg.model, dtype=dtype, device=cfg.device)
+    teacher = load_model(cfg.teacher, dtype=dtype, device=cfg.device) if cfg.teacher else None
     out: dict[str, Any] = {
         "model": cfg.model, "model_folder": str(lm.folder), "teacher": cfg.teacher,
-        "config": _config_record(cfg),
+        "config": _config_record(cfg), "precision": precision.as_dict(),
         "tasks": {}, "provenance": {**provenance(), "torch_threads": torch.get_num_threads(),
                                     "device": cfg.device, "flush_denormal": True}}
     for task in cfg.tasks:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 
-COMPILE_MODES = ("auto", "on", "off")
+from rad.runtime.modes import COMPILE_MODES
+
+__all__ = ["COMPILE_MODES", "compile_mode", "set_compile_mode"]
 AUTO_CPU_STEPS = 2048
 # The switch lives in the process environment: a library user (e.g. lm-eval's CLI driving our
 # backend) sets it without our CLI, and provenance (harness.common, below this layer) reads it.

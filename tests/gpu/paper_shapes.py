@@ -121,7 +121,7 @@ def main(out: Path, dry: bool) -> None:
     n_steps = 2 if dry else 4
     tc = TrainConfig(steps=n_steps, batch_size=d.batch_size, grad_accum=d.grad_accum, lr=d.lr,
                      warmup_steps=1, eval_every=1, ckpt_every=n_steps, eval_batch_size=2,
-                     precision="fp32" if dry else d.precision)
+                     precision="fp32" if dry else cfg.precision)
     with tempfile.TemporaryDirectory() as tmp, Meter(device) as m:
         curve = train(hybrid, "ssm-only", tc, 0, TrainData(ids[:rows], targets[:rows],
                                                            ids[rows:], targets[rows:]),

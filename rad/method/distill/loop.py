@@ -28,7 +28,7 @@ from rad.method.distill.parallel import Parallel, rank_rows
 from rad.method.distill.trainable import set_trainable
 from rad.runtime.distributed import SINGLE, World
 from rad.runtime.model import Decoder
-from rad.runtime.precision import PRECISIONS, Precision, resolve_precision
+from rad.runtime.precision import PRECISIONS, FrozenCasts, Precision, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 CURVE = "curve.jsonl"
@@ -190,10 +190,13 @@ def _write_curve(path: Path, curve: list[dict]) -> None:
 def optimizer_step(par: Parallel, opt: torch.optim.Optimizer,
                    sched: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, seed: int,
                    train_ids: torch.Tensor, train_targets: TeacherTargets,
-                   progress: Progress, precision: Precision) -> float:
+                   progress: Progress, precision: Precision,
+                   casts: FrozenCasts | None = None) -> float:
     """One optimiser step over `cfg.grad_accum` micro-batches of the seeded data stream, read
     from `progress.position` on (which it advances), its forwards under `precision` (resolved
-    once per run from `cfg.precision`); returns the global batch's mean loss."""
+    once per run from `cfg.precision`, with `casts`: the frozen weights' bf16 copies made once
+    per run); returns the global batch's mean loss."""
+    casts = casts if casts is not None else FrozenCasts(par.model, precision)
     device = par.model.device
     opt.zero_grad(set_to_none=True)
     total = 0.0
@@ -203,11 +206,11 @@ def optimizer_step(par: Parallel, opt: torch.optim.Optimizer,
         progress.position += cfg.batch_size
         ids = train_ids[rows].to(device)
         mask = torch.ones(ids.shape, dtype=torch.bool, device=device)
-        with par.no_sync(last=micro == cfg.grad_accum - 1):
-            with precision.autocast(device):  # the loss below takes fp32 logits
+        with par.no_sync(last=micro == cfg.grad_accum - 1), casts.applied():
+            with precision.autocast(device):  # the loss below computes in fp32
                 logits = par.module(ids)
             loss = distill_loss(logits, train_targets[rows].to(device), ids, mask, cfg.loss,
-                                cfg.ce_weight)
+                                cfg.ce_weight, fused=precision.bf16)
             (loss / cfg.grad_accum).backward()
         total += float(loss.detach()) / cfg.grad_accum
     total = par.world.all_mean(total)  # the global batch's loss (equal tokens per rank)
@@ -249,6 +252,7 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int, data: TrainD
     ckpt_path = run_dir / CHECKPOINT
     state = load_checkpoint(ckpt_path, run, par, opt, sched)
     precision = resolve_precision(cfg.precision, model.device)
+    casts = FrozenCasts(model, precision)
     model.train()
     tokens_per_step = cfg.batch_size * cfg.grad_accum * data.train_ids.shape[1]
 
@@ -267,7 +271,7 @@ def train(model: Decoder, policy: str, cfg: TrainConfig, seed: int, data: TrainD
     while state.step < last:
         t0 = time.perf_counter()
         loss = optimizer_step(par, opt, sched, cfg, seed, data.train_ids, data.train_targets,
-                              state, precision)
+                              state, precision, casts)
         state.step += 1
         state.wall_s += time.perf_counter() - t0
         state.pending.append(loss)
