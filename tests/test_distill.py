@@ -10,11 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import loop_data, random_ids, sharp_hybrid, sharp_teacher
 
+from rad.method.distill import losses
 from rad.method.distill.align import align_mixers
 from rad.method.distill.loop import TrainConfig, heldout_kl, heldout_kl_rows, train
-from rad.method.distill import losses
-from rad.method.distill.losses import (bucket_kl, bucket_kl_fused, full_kl, teacher_targets,
-                                       teacher_targets_fused)
+from rad.method.distill.losses import (
+    bucket_kl,
+    bucket_kl_fused,
+    full_kl,
+    teacher_targets,
+    teacher_targets_fused,
+)
 from rad.method.distill.trainable import new_ssm_parameters
 from rad.method.recipes import RECIPES, get_recipe
 

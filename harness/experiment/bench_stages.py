@@ -34,8 +34,13 @@ from rad.method.replace import build_hybrid
 from rad.method.select import SELECTORS, SelectionRequest
 from rad.runtime.distributed import SINGLE
 from rad.runtime.model import Decoder
-from rad.runtime.precision import (FrozenCasts, Precision, for_inference, native_bf16,
-                                   resolve_precision)
+from rad.runtime.precision import (
+    FrozenCasts,
+    Precision,
+    for_inference,
+    native_bf16,
+    resolve_precision,
+)
 
 STAGES = ("targets", "distill", "likelihood", "decode-b1", "decode-b8")
 
@@ -77,7 +82,7 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
                 layers: list[int], peak: float, stream: float, repeats: int,
                 ) -> dict[str, tuple[list[float], float]]:
     """stage -> (tok/s of each run, the limit) at precision `p`."""
-    device, (batch, seq_len) = model.device, ids.shape
+    batch, seq_len = ids.shape
     n = params(model)
     targets = compute_targets(model, ids, 64, 1.0, batch_size=batch, precision=p)
     hybrid = build_hybrid(model, layers, "skip", seed=0)
