@@ -3,19 +3,23 @@ reference (which stays the tested reference everywhere)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import loop_data, random_ids, sharp_hybrid, sharp_teacher
+from tiny_models import loop_data, random_ids, shared_data, sharp_hybrid, sharp_teacher
 
 from harness.experiment.distill_data import compute_targets
 from harness.tasks.batching import score_continuations
-from rad.method.distill.loop import TrainConfig, train
+from rad.method.distill.loop import TrainConfig, TrainData, train
+from rad.method.distill.losses import distill_loss
 from rad.method.distill.trainable import set_trainable
+from rad.method.replace import build_hybrid
 from rad.runtime import linear
 from rad.runtime import precision as P
-from rad.runtime.linear import streamed_matvec, streams_weight
+from rad.runtime.linear import int8_weight_only, streamed_matvec, streams_weight
 from rad.runtime.precision import FP32, FrozenCasts, for_inference, resolve_precision
 
 
@@ -184,3 +188,157 @@ def test_compiled_bf16_decode_streams_and_gives_the_eager_tokens(monkeypatch):
         GRAPHS.reset()
     assert calls  # the compiled trace took the streamed product
     assert compiled == eager
+
+
+# -- on the embedded teacher (the issue's tolerances) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm():
+    from harness.models import load_model
+    return load_model("smollm2-135m-instruct")
+
+
+def _gsm8k_rows(tok, n_rows: int, seq_len: int) -> torch.Tensor:
+    """n_rows x seq_len tokens of GSM8K-train questions and answers (real text: random ids
+    would put the teacher far off its distribution)."""
+    ids: list[int] = []
+    with open(shared_data() / "gsm8k" / "train.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            ids += tok(row["question"] + "\n" + row["answer"] + "\n")["input_ids"]
+            if len(ids) >= n_rows * seq_len:
+                break
+    return torch.tensor(ids[:n_rows * seq_len]).view(n_rows, seq_len)
+
+
+@pytest.mark.teacher
+def test_a_bf16_distillation_step_computes_the_fp32_update_on_the_embedded_teacher(smollm):
+    """One SSM-only step of a k = 15 hybrid on 4 x 128 GSM8K tokens: the bf16 step (autocast,
+    frozen casts, fused loss) has fp32's loss within 1% and a gradient pointing the same way
+    (cosine >= 0.97 over all trained parameters)."""
+    ids = _gsm8k_rows(smollm.tokenizer, 4, 128)
+    targets = compute_targets(smollm.model, ids, 64, 1.0)
+    mask = torch.ones(ids.shape, dtype=torch.bool)
+    hybrid = build_hybrid(smollm.model, list(range(0, 30, 2)), "skip", seed=0)
+    trained = set_trainable(hybrid, "ssm-only")
+    losses, grads = {}, {}
+    for p in (FP32, resolve_precision("bf16", "cpu")):
+        hybrid.zero_grad(set_to_none=True)
+        with FrozenCasts(hybrid, p).applied(), p.autocast("cpu"):
+            loss = distill_loss(hybrid(ids), targets, ids, mask, "forward-kl", fused=p.bf16)
+            loss.backward()
+        losses[p.resolved] = float(loss.detach())
+        grads[p.resolved] = {n: t.grad.detach().clone() for n, t in trained.items()}
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.01), losses
+    a, b = (torch.cat([g.flatten() for g in grads[k].values()]) for k in ("fp32", "bf16"))
+    assert not torch.equal(a, b)  # the bf16 path did run in bf16
+    assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) >= 0.97  # measured 0.984
+    # the norm is 1.17x fp32's here (the closed gate's RMSNorm amplifies by 1 / sqrt(eps));
+    # clipping (far below it) and AdamW's normalisation make the direction what moves weights
+    assert 0.5 <= float(b.norm() / a.norm()) <= 2.0
+
+
+@pytest.mark.teacher
+@pytest.mark.slow
+def test_bf16_distillation_tracks_fp32_on_the_embedded_teacher(smollm, tmp_path):
+    """16 steps of 4 x 128 GSM8K tokens, lr 1e-4, data seed 0: the held-out KL curves of the
+    fp32 and bf16 runs (each with targets at its own precision) both fall, and bf16 stays
+    within 15% + 0.02 nats of fp32 at every evaluation (measured: 4.29 -> 1.50 / 1.21 in fp32,
+    1.69 / 1.26 in bf16). Why one seed: at this scale the short curve depends on the data
+    order more than on the precision (data seed 1 stalls near 3.8 in fp32 itself), so a second
+    seed would test the optimiser's luck; the step test above holds the update itself."""
+    ids = _gsm8k_rows(smollm.tokenizer, 80, 128)
+    train_ids, held = ids[:64], ids[64:]
+    held_targets = compute_targets(smollm.model, held, 64, 1.0)
+    curves = {}
+    for p in (FP32, resolve_precision("bf16", "cpu")):
+        data = TrainData(train_ids, compute_targets(smollm.model, train_ids, 64, 1.0,
+                                                    precision=p), held, held_targets)
+        hybrid = build_hybrid(smollm.model, list(range(0, 30, 2)), "skip", seed=0)
+        cfg = TrainConfig(steps=16, batch_size=4, lr=1e-4, warmup_steps=4, eval_every=4,
+                          ckpt_every=16, precision=p.resolved)
+        curves[p.resolved] = [r["heldout_kl"] for r in train(
+            hybrid, "ssm-only", cfg, 0, data, tmp_path / p.resolved, progress=False)]
+    ref, bf = curves["fp32"], curves["bf16"]
+    assert ref[-1] < ref[0] and bf[-1] < bf[0], curves
+    assert ref[1:] != bf[1:]  # the bf16 path did run in bf16
+    for a, b in zip(ref, bf, strict=True):
+        assert abs(a - b) <= 0.15 * a + 0.02, curves
+
+
+@pytest.mark.teacher
+def test_bf16_likelihood_keeps_the_piqa_verdicts_on_the_embedded_teacher(smollm):
+    """60 PIQA items, both solutions scored in fp32 and on bf16 weights: each log-likelihood
+    within 3% (+ 0.3 nats) of fp32's, and the same preferred solution on >= 57 of 60 (measured
+    on the AMX machine: see the README's precision section)."""
+    tok = smollm.tokenizer
+    pairs = []
+    with open(shared_data() / "piqa" / "valid.jsonl") as f:
+        for line, _ in zip(f, range(60), strict=False):
+            row = json.loads(line)
+            ctx = tok(f"Question: {row['goal']}\nAnswer:")["input_ids"]
+            pairs += [(ctx, tok(" " + row[s])["input_ids"]) for s in ("sol1", "sol2")]
+    ref = score_continuations(smollm.model, pairs, smollm.pad_token_id, batch_size=8)
+    bf_model = for_inference(smollm.model, resolve_precision("bf16", "cpu"))
+    bf = score_continuations(bf_model, pairs, smollm.pad_token_id, batch_size=8)
+    for (a, _), (b, _) in zip(ref, bf, strict=True):
+        assert abs(a - b) <= 0.03 * abs(a) + 0.3, (a, b)
+    assert ref != bf  # the bf16 path did run in bf16
+    same = sum((ref[i][0] > ref[i + 1][0]) == (bf[i][0] > bf[i + 1][0])
+               for i in range(0, len(pairs), 2))
+    assert same >= 57, same
+
+
+@pytest.mark.teacher
+@pytest.mark.slow
+def test_bf16_greedy_decode_equals_hf_bf16_on_the_embedded_teacher(smollm):
+    """Where both run bf16 weights, our greedy tokens (eager, and the compiled step that
+    streams the batch-1 products) equal transformers' own greedy tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from rad.runtime.compile_mode import set_compile_mode
+    from rad.runtime.decode import generate
+    from rad.runtime.static_step import GRAPHS
+
+    hf = AutoModelForCausalLM.from_pretrained(smollm.folder, dtype=torch.bfloat16).eval()
+    ours = for_inference(smollm.model, resolve_precision("bf16", "cpu"))
+    prompts = ["Janet has 3 apples and buys 5 more. How many apples", "def fibonacci(n):",
+               "The capital of France is"]
+    try:
+        for text in prompts:
+            ids = torch.tensor([smollm.tokenizer(text)["input_ids"]])
+            with torch.no_grad():
+                ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                                  min_new_tokens=24, do_sample=False,
+                                  pad_token_id=smollm.pad_token_id)[0, ids.shape[1]:].tolist()
+            for mode in ("off", "on"):
+                set_compile_mode(mode)
+                got = generate(ours, ids, None, 24, stop_at_eos=False).tokens[0]
+                assert got == ref, (text, mode)
+    finally:
+        set_compile_mode("auto")
+        GRAPHS.reset()
+
+
+@pytest.mark.teacher
+def test_int8_weights_track_bf16_on_the_embedded_teacher(smollm):
+    """Weight-only int8 (`int8_weight_only`) against the bf16 weights on 4 x 128 GSM8K tokens:
+    the same next-token argmax on >= 90% of positions, the realised token's log-prob within
+    0.15 nats on average, and a factual greedy answer kept."""
+    from rad.runtime.decode import generate
+
+    bf = for_inference(smollm.model, resolve_precision("bf16", "cpu"))
+    q = int8_weight_only(smollm.model)
+    assert all(m.int8 is not None for m in q.modules() if isinstance(m, linear.Linear))
+    ids = _gsm8k_rows(smollm.tokenizer, 4, 128)
+    with torch.no_grad():
+        a, b = bf(ids).float().log_softmax(-1), q(ids).float().log_softmax(-1)
+    agree = (a.argmax(-1) == b.argmax(-1)).float().mean()
+    nxt = ids[:, 1:, None]
+    drift = (a[:, :-1].gather(-1, nxt) - b[:, :-1].gather(-1, nxt)).abs().mean()
+    assert agree >= 0.9 and drift <= 0.15, (float(agree), float(drift))
+    assert not torch.equal(a, b)
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    ids = torch.tensor([smollm.tokenizer(prompt)["input_ids"]])
+    out = generate(q, ids, None, 16, smollm.eos_token_ids).tokens[0]
+    assert "Paris" in smollm.tokenizer.decode(out)

@@ -5,7 +5,8 @@ bf16) and read bandwidth measured in the same run, so each stage's tok/s comes w
 to fp32 and its fraction of what the machine allows. Each stage runs as the real run runs
 it: bf16 targets, scoring and decode on a bf16 copy of the weights (targets with the fused
 vocabulary pass), the bf16 step under autocast with the frozen weights cast once
-(`rad.runtime.precision`).
+(`rad.runtime.precision`). Decode also runs the weight-only int8 option beside bf16
+(`rad.runtime.linear.int8_weight_only`).
 
 Limits: a forward costs 2N FLOPs per token (N = parameters, the tied head counted once), an
 SSM-only step about 4N + 2T (forward, activation gradients, the T trained parameters'
@@ -33,6 +34,7 @@ from rad.method.distill.trainable import set_trainable
 from rad.method.replace import build_hybrid
 from rad.method.select import SELECTORS, SelectionRequest
 from rad.runtime.distributed import SINGLE
+from rad.runtime.linear import Linear, int8_weight_only
 from rad.runtime.model import Decoder
 from rad.runtime.precision import (
     FrozenCasts,
@@ -48,7 +50,7 @@ STAGES = ("targets", "distill", "likelihood", "decode-b1", "decode-b8")
 @dataclass
 class StageRecord:
     stage: str
-    precision: str  # resolved: fp32 | bf16
+    precision: str  # resolved: fp32 | bf16, or int8-weights (decode: int8 weights, bf16 math)
     tok_s: float
     tok_s_runs: list[float]
     limit_tok_s: float  # what the machine's measured peak allows
@@ -102,8 +104,8 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
     def likelihood():
         score_continuations(scorer, pairs, pad_id, batch_size=len(pairs))
 
-    def targets_pass():
-        compute_targets(model, ids, 64, 1.0, batch_size=batch, precision=p)
+    def targets_pass():  # on the bf16 copy a run makes once (for_inference) per targets pass
+        compute_targets(scorer, ids, 64, 1.0, batch_size=batch, precision=p)
 
     runs = {
         "targets": (_median_rate(targets_pass, batch * seq_len, repeats), peak / (2 * n)),
@@ -113,12 +115,26 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
         "likelihood": (_median_rate(likelihood, sum(len(c) for c in {tuple(c) for c, _ in pairs})
                                     + sum(len(x) for _, x in pairs), repeats), peak / (2 * n)),
     }
-    decoder = scorer  # bf16 weights: half the bytes a step reads
-    for b in (1, 8):
-        pair = bench_pair(decoder, None, seq_len, b, 32, repeats)
-        runs[f"decode-b{b}"] = (pair["base"]["decode_tok_s_runs"],
-                                b * stream / weight_bytes(decoder))
+    decoders = {p.resolved: scorer}  # bf16 weights: half the bytes a step reads
+    if p.bf16:  # and the weight-only int8 option: half again
+        decoders["int8-weights"] = int8_weight_only(model)
+    for label, decoder in decoders.items():
+        for b in (1, 8):
+            pair = bench_pair(decoder, None, seq_len, b, 32, repeats)
+            runs[(f"decode-b{b}", label)] = (pair["base"]["decode_tok_s_runs"],
+                                             b * stream / decode_bytes(decoder))
     return runs
+
+
+def decode_bytes(model: Decoder) -> int:
+    """Bytes one decode step reads: every weight once, int8 ones where a layer has them."""
+    total = weight_bytes(model)
+    for mod in model.modules():
+        if isinstance(mod, Linear) and mod.int8 is not None:
+            q, scale = mod.int8
+            total += q.numel() + scale.numel() * scale.element_size()
+            total -= mod.weight.numel() * mod.weight.element_size()
+    return total
 
 
 def bench_stages(model: Decoder, pad_id: int, precisions: Sequence[str], repeats: int = 3,
@@ -141,10 +157,12 @@ def bench_stages(model: Decoder, pad_id: int, precisions: Sequence[str], repeats
         progress(f"precision {requested} -> {p.resolved} ({p.reason})")
         runs = _stage_runs(model, p, ids, pairs, pad_id, layers, flops[p.resolved], stream,
                            repeats)
-        for stage, (rates, limit) in runs.items():
+        for key, (rates, limit) in runs.items():
+            stage, label = key if isinstance(key, tuple) else (key, p.resolved)
             tok_s = statistics.median(rates)
-            records.append(StageRecord(stage, p.resolved, tok_s, rates, limit, tok_s / limit))
-            progress(f"  {stage:10s} {tok_s:9.1f} tok/s  ({tok_s / limit:.1%} of the limit)")
+            records.append(StageRecord(stage, label, tok_s, rates, limit, tok_s / limit))
+            progress(f"  {stage:10s} {label:12s} {tok_s:9.1f} tok/s  "
+                     f"({tok_s / limit:.1%} of the limit)")
     fp32 = {r.stage: r.tok_s for r in records if r.precision == "fp32"}
     for r in records:
         r.ratio_to_fp32 = r.tok_s / fp32[r.stage] if r.stage in fp32 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import torch
 from torch import nn
 
@@ -17,8 +19,13 @@ class Linear(nn.Linear):
     stay those of nn.Linear.
     """
 
+    # weight-only int8 (`int8_weight_only`): (out, in) int8 and (out,) scales, or None
+    int8: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if streams_weight(x, self.weight):
+        if self.int8 is not None:
+            out = int8_matmul(x, *self.int8)
+        elif streams_weight(x, self.weight):
             out = streamed_matvec(x, self.weight)
         else:
             out = x @ self.weight.t()
@@ -48,6 +55,36 @@ def streamed_matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     matmul)."""
     # (..., 1, in) * (out, in) -> (..., out, in) -> sum over in -> (..., out)
     return (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
+
+
+def int8_weight_only(model: nn.Module) -> nn.Module:
+    """A bf16 copy of `model` whose Linear layers multiply by per-output-channel symmetric int8
+    weights (scale = row max / 127, gpt-fast's weight-only int8), activations in bf16. Why:
+    batch-1 decode reads every weight once per token, so its speed is bytes per token; int8
+    halves bf16's bytes, and torch's `_weight_int8pack_mm` streams them where the bf16 GEMV
+    does not (see `streams_weight`). The bf16 weights stay beside the int8 ones (every other
+    path reads them); the tied head gets int8 weights of its own. Accuracy:
+    tests/test_precision.py::test_int8_weights_track_bf16_on_the_embedded_teacher."""
+    copy = deepcopy(model).to(torch.bfloat16)
+    with torch.no_grad():
+        for mod in copy.modules():
+            if isinstance(mod, Linear):
+                w = mod.weight.float()
+                scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+                q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+                mod.int8 = (q.contiguous(), scale.to(torch.bfloat16))
+    return copy
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (..., in) @ dequantised(q).t() with q (out, in) int8 and scale (out,): torch's CPU and
+    CUDA weight-only int8 kernel; x runs in the scale's dtype (bf16)."""
+    rows = x.reshape(-1, x.shape[-1]).to(scale.dtype)
+    if rows.device.type == "cpu":
+        out = torch._weight_int8pack_mm(rows, q, scale)
+    else:  # (no fused kernel assumed off the CPU: the reference, dequantised)
+        out = rows @ (q.to(scale.dtype) * scale[:, None]).t()
+    return out.reshape(*x.shape[:-1], q.shape[0])
 
 
 def set_weight_layout(model: nn.Module, in_major: bool) -> None:
