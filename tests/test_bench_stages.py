@@ -28,11 +28,13 @@ def test_tiny_run_times_every_stage_at_every_precision(cli, tmp_path):
     result = json.loads(out.read_text())
     records = {(x["stage"], x["precision"]): x for x in result["records"]}
     stages = ("targets", "distill", "likelihood", "decode-b1", "decode-b8")
-    assert set(records) == {(s, p) for s in stages for p in ("fp32", "bf16")}
+    assert set(records) == ({(s, p) for s in stages for p in ("fp32", "bf16")}
+                            | {("decode-b1", "int8-weights"), ("decode-b8", "int8-weights")})
     for (stage, _), x in records.items():
         assert x["tok_s"] > 0 and x["limit_tok_s"] > 0
         assert x["fraction_of_limit"] == pytest.approx(x["tok_s"] / x["limit_tok_s"])
         assert x["ratio_to_fp32"] == pytest.approx(
             x["tok_s"] / records[(stage, "fp32")]["tok_s"])
     assert result["machine"]["gemm_flops"]["bf16"] > 0 and result["machine"]["why"]
-    assert "| targets | bf16 |" in r.out
+    assert "| targets | bf16 |" in r.out and "| decode-b1 | int8-weights |" in r.out
+    assert result["machine"]["auto_resolves_to"] in ("fp32", "bf16")

@@ -65,7 +65,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
         "likelihood scoring and compiled greedy decode at batch 1 and 8, per --precision, side "
         "by side in one run (warm-up, median of --repeats), with the machine's GEMM peak and "
         "read bandwidth measured in the same run: tok/s, the ratio to fp32 and the fraction "
-        "of the limit. bf16 decoding runs bf16 weights; the other stages bf16 autocast.")
+        "of the limit. Each stage runs as a real run does: bf16 targets, scoring and decode on a "
+        "bf16 copy of the weights, the bf16 training step under autocast over fp32 masters; "
+        "beside bf16, decode also runs the weight-only int8 option (rad generate "
+        "--int8-weights). The JSON says what --precision auto resolves to here.")
     g.add_argument("--model", required=True, help="registered name or HF folder")
     g.add_argument("--precision", type=str_list, default=["fp32", "bf16"],
                    help="comma list of auto|fp32|bf16 (default fp32,bf16)")
