@@ -213,7 +213,7 @@ def run_distill(req: DistillRequest, progress: bool = True) -> Path:
     alignment = None
     if recipe.align_steps:
         alignment = align_mixers(hybrid, teacher.model, data.train_ids, recipe.align_steps,
-                                 seed=req.seed)
+                                 seed=req.seed, precision=precision)
     curve = train(hybrid, recipe.trainable, req.train, req.seed,
                   TrainData(data.train_ids, train_t, data.heldout_ids, held_t), out / "train",
                   progress=progress, world=world, parallel=req.parallel)

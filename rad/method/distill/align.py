@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from rad.runtime.mamba2 import Mamba2
 from rad.runtime.model import Decoder, ForwardContext
+from rad.runtime.precision import FP32, Precision, for_inference
 
 
 @torch.no_grad()
@@ -43,7 +44,9 @@ def _mse(mixer: Mamba2, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def align_mixer(mixer: Mamba2, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-                batch_size: int, generator: torch.Generator) -> dict:
+                batch_size: int, generator: torch.Generator, precision: Precision = FP32) -> dict:
+    """`steps` AdamW steps of `mixer` (fp32 masters) on MSE to y, the forwards under
+    `precision`'s autocast; the MSE before and after is measured without it."""
     params = list(mixer.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -53,7 +56,9 @@ def align_mixer(mixer: Mamba2, x: torch.Tensor, y: torch.Tensor, steps: int, lr:
     for _ in range(steps):
         rows = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
         opt.zero_grad(set_to_none=True)
-        _mse(mixer, x[rows], y[rows]).backward()
+        with precision.autocast(x.device):
+            loss = _mse(mixer, x[rows], y[rows])
+        loss.backward()
         opt.step()
     for p in params:
         p.requires_grad_(False)
@@ -62,10 +67,15 @@ def align_mixer(mixer: Mamba2, x: torch.Tensor, y: torch.Tensor, steps: int, lr:
 
 
 def align_mixers(hybrid: Decoder, teacher: Decoder, ids: torch.Tensor, steps: int,
-                 lr: float = 1e-3, batch_size: int = 4, seed: int = 0) -> dict[int, dict]:
-    """Train each Mamba2 mixer of `hybrid` on MSE to the teacher attention it replaced.
-    Returns per layer the MSE before and after."""
+                 lr: float = 1e-3, batch_size: int = 4, seed: int = 0,
+                 precision: Precision = FP32) -> dict[int, dict]:
+    """Train each Mamba2 mixer of `hybrid` on MSE to the teacher attention it replaced, the
+    teacher pass and the steps under `precision` (rad.runtime.precision: a bf16 copy of the
+    teacher, autocast over the mixers' fp32 masters). Returns per layer the MSE before and
+    after."""
     layers = [i for i, blk in enumerate(hybrid.layers) if isinstance(blk.mixer, Mamba2)]
-    io = attention_io(teacher, ids, layers)
-    return {i: align_mixer(hybrid.layers[i].mixer, *io[i], steps, lr, batch_size,
-                           torch.Generator().manual_seed(seed * 1000 + i)) for i in layers}
+    io = attention_io(for_inference(teacher, precision), ids, layers)
+    dtype = next(hybrid.parameters()).dtype  # the activations in the masters' dtype
+    return {i: align_mixer(hybrid.layers[i].mixer, io[i][0].to(dtype), io[i][1].to(dtype),
+                           steps, lr, batch_size, torch.Generator().manual_seed(seed * 1000 + i),
+                           precision) for i in layers}
