@@ -26,7 +26,7 @@ import pytest
 
 from harness.cli import main
 from harness.tasks.humaneval import load_problems
-from harness.tasks.sandbox import ExecLimits, run_program, run_programs
+from harness.tasks.sandbox import ExecLimits, remove_tree, run_program, run_programs
 from harness.tasks.sandbox.check import REASONS
 from harness.tasks.sandbox.isolation import UID_BASE
 
@@ -566,3 +566,74 @@ def test_unprivileged_path(p0, problems, outside):
     assert layers["namespaces"].startswith("user, ") and layers["uid"].startswith("unavailable")
     assert not layers["landlock"].startswith("unavailable")
     assert (outside / "secret.txt").read_text() == "top secret"
+
+
+# -- the harness side cannot fail because of what a program did ---------------------------------
+
+DEEP_TREE = """
+import os
+top = os.getcwd()
+for i in range(1200):  # deeper than Python's recursion limit and than PATH_MAX allows
+    os.mkdir("d")
+    os.chdir("d")
+    open("f", "w").write("x")
+os.chdir(top)
+"""
+
+
+def test_a_deep_locked_scratch_tree_is_removed_and_the_row_kept(p0):
+    """A program that leaves a 1,200-level tree in its scratch folder (which made
+    `shutil.rmtree` raise RecursionError and lose the whole evaluation): its row is scored
+    (passed: the answer is right), and every scratch folder is gone afterwards (run_attacks
+    checks), beside a correct row. (chmod is refused in the sandbox, so a program cannot lock
+    a folder against the clean-up.)"""
+    results = run_attacks(p0, [gated(p0, DEEP_TREE), p0["canonical_solution"]])
+    assert [r["passed"] for r in results] == [True, True], results
+
+
+def test_remove_tree_handles_what_rmtree_cannot(tmp_path):
+    root = tmp_path / "scratch"
+    os.mkdir(root)
+    fd = os.open(root, os.O_RDONLY)
+    try:  # 1,500 levels, built relative to open folders (the absolute path is too long)
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.symlink("/etc", "link", dir_fd=fd)  # removed, never followed
+    finally:
+        os.close(fd)
+    assert remove_tree(str(root)) and not root.exists()
+    assert os.path.exists("/etc/passwd")
+    assert remove_tree(str(tmp_path / "absent"))
+
+
+def test_scratch_creation_failure_and_harness_errors_are_per_row(p0, monkeypatch):
+    """No scratch folder (the temporary folder out of inodes) is that row's `sandbox setup
+    failed`; an unexpected error in one row is that row's `the harness failed`; the other
+    rows are computed either way."""
+    import harness.tasks.sandbox as sandbox
+
+    real_mkdtemp, real_run = tempfile.mkdtemp, sandbox.run_program
+    calls = []
+
+    def flaky_mkdtemp(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_mkdtemp(*a, **k)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", flaky_mkdtemp)
+    rows = run_programs([(p0, p0["canonical_solution"])] * 3, FAST, workers=1)
+    assert [r["passed"] for r in rows] == [True, False, True]
+    assert rows[1]["status"] == "failed" and rows[1]["result"] == "sandbox setup failed"
+
+    def broken(problem, completion, limits):
+        if completion == "boom":
+            raise RuntimeError("a harness bug")
+        return real_run(problem, completion, limits)
+
+    monkeypatch.setattr(sandbox, "run_program", broken)
+    rows = run_programs([(p0, "boom"), (p0, p0["canonical_solution"])], FAST, workers=1)
+    assert [r["result"] for r in rows] == ["the harness failed", "passed"]

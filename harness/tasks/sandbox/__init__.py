@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -85,10 +84,16 @@ def run_program(problem: dict, completion: str, limits: ExecLimits = ExecLimits(
                 user_namespace: bool = False) -> dict:
     """Score `problem["prompt"] + completion` against the problem's test, contained.
 
-    Returns {"task_id", "passed", "status", "result" (a fixed reason), "isolation"}.
+    Returns {"task_id", "passed", "status", "result" (a fixed reason), "isolation"}. Nothing a
+    program does makes this raise: a scratch folder that cannot be made is this sample's
+    "sandbox setup failed", and clean-up is best effort (`remove_tree`).
     `user_namespace`: as root, contain it the way an unprivileged user's run does (tests).
     """
-    scratch = tempfile.mkdtemp(prefix="rad-exec-")
+    try:
+        scratch = tempfile.mkdtemp(prefix="rad-exec-")
+    except OSError:  # e.g. another program filled the temporary folder's inodes
+        return _row(problem, {"status": "failed", "reason": "sandbox setup failed",
+                              "isolation": {}})
     cgroup = os.path.basename(scratch)
     job = {"program": problem["prompt"] + completion,
            "problem": {k: problem[k] for k in ("prompt", "test", "entry_point")},
@@ -99,10 +104,78 @@ def run_program(problem: dict, completion: str, limits: ExecLimits = ExecLimits(
     finally:  # also after a launcher we had to kill: what it could not clean up
         for root in CGROUP_ROOTS:
             remove_cgroup(os.path.join(root, cgroup))
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
+    return _row(problem, verdict)
+
+
+def _row(problem: dict, verdict: dict) -> dict:
     return {"task_id": problem["task_id"], "passed": verdict["status"] == "passed",
             "status": verdict["status"], "result": verdict["reason"],
             "isolation": verdict["isolation"]}
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def remove_tree(path: str) -> bool:
+    """Remove `path` and everything below it, however deep: no recursion (Python 3.11's
+    `shutil.rmtree` recurses per level and raised RecursionError on a program's 1,000-level
+    tree) and no long paths (every step is relative to an open folder). Each pass empties the
+    top folder's subfolders into the top folder itself (files unlinked, their subfolders
+    renamed up), so at most two folders are open at a time. Best effort: returns whether
+    `path` is gone, never raises."""
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    moved = 0
+    try:
+        while True:
+            with os.scandir(top) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            if not entries:
+                break
+            progress = False
+            for name, is_dir in entries:
+                if not is_dir:
+                    progress |= _quiet(os.unlink, name, dir_fd=top)
+                    continue
+                _quiet(os.chmod, name, 0o700, dir_fd=top, follow_symlinks=False)
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=top)
+                except OSError:
+                    continue
+                try:
+                    with os.scandir(sub) as it:
+                        inner = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                    for child, child_is_dir in inner:
+                        if child_is_dir:  # up one level, under a name of our own
+                            moved += 1
+                            progress |= _quiet(os.rename, child, f".rad-up-{moved}",
+                                               src_dir_fd=sub, dst_dir_fd=top)
+                        else:
+                            progress |= _quiet(os.unlink, child, dir_fd=sub)
+                finally:
+                    os.close(sub)
+                progress |= _quiet(os.rmdir, name, dir_fd=top)
+            if not progress:
+                break  # what is left cannot be removed by us
+    except OSError:
+        pass
+    finally:
+        os.close(top)
+    _quiet(os.rmdir, path)
+    return not os.path.lexists(path)
+
+
+def _quiet(op, *args, **kwargs) -> bool:
+    try:
+        op(*args, **kwargs)
+        return True
+    except OSError:
+        return False
 
 
 def _launch(job: dict, task_id: str, limits: ExecLimits) -> dict:
@@ -142,8 +215,12 @@ def run_programs(jobs: list[tuple[dict, str]], limits: ExecLimits = ExecLimits()
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(run_program, *jobs[i], limits) for i in mine]
         results = []
-        for f in futures:
-            results.append(f.result())
+        for i, f in zip(mine, futures, strict=True):
+            try:
+                results.append(f.result())
+            except Exception:  # a harness bug on one row must not lose every other row
+                results.append(_row(jobs[i][0], {"status": "failed", "isolation": {},
+                                                 "reason": "the harness failed"}))
             bar.update()
     bar.close()
     return world.gather_batches(results, len(jobs))

@@ -31,7 +31,7 @@ REASONS = frozenset({
     "passed", "wrong answer", "timed out", "the program did not load",
     "the program has no entry point", "returned a value that is not plain data",
     "the program broke the protocol", "the program died", "the program raised an exception",
-    "the test failed", "sandbox setup failed",
+    "the test failed", "sandbox setup failed", "the harness failed",
     *(f"the program raised {n}" for n in BUILTIN_ERRORS),
     *(f"the program did not load ({n})" for n in BUILTIN_ERRORS),
     *(f"the test failed ({n})" for n in BUILTIN_ERRORS),
