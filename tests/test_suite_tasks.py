@@ -234,6 +234,12 @@ def test_predicted_args_parsing():
     assert predicted_args("1,) == 2", "2") == (True, (1,))
     assert predicted_args("x) == 2", "2") == (False, None)
     assert as_literal(" {'a': (1, 2)} ") == (True, {"a": (1, 2)})
+    # oversized literals are that row's failure: a hex int past the 4,300-digit repr limit
+    # (it parses, then repr raises ValueError) and a list whose repr passes the cap
+    assert predicted_args("0x" + "f" * 4000 + ") == 1", "1") == (False, None)
+    assert predicted_args("[0] * 1,) == 1", "1") == (False, None)  # not a literal at all
+    assert predicted_args("[" + "1, " * 30000 + "]) == 1", "1") == (False, None)
+    assert predicted_args("0x" + "f" * 100 + ") == 1", "1")[0]
 
 
 @pytest.mark.parametrize("mode", ["output", "input"])

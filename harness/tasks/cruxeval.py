@@ -82,6 +82,9 @@ def as_literal(text: str) -> tuple[bool, Any]:
         return False, None
 
 
+MAX_ARGS_CHARS = 1 << 16  # an argument list's repr; CRUXEval's gold inputs are under 130 characters
+
+
 def predicted_args(text: str, output: str) -> tuple[bool, tuple | None]:
     """The argument tuple in an input prediction, the text after "assert f(": "<args>) ==
     <output>" (or just "<args>)"); (False, None) when it is not a literal argument list."""
@@ -96,7 +99,17 @@ def predicted_args(text: str, output: str) -> tuple[bool, tuple | None]:
     if not text:
         return True, ()
     ok, value = as_literal(f"({text},)")
-    return (True, value) if ok and isinstance(value, tuple) else (False, None)
+    if not ok or not isinstance(value, tuple):
+        return False, None
+    # the check is built with repr(): an int over Python's 4,300-digit conversion limit (a
+    # hex literal parses, then repr raises ValueError) or a huge literal is this row's
+    # failure, not the task's
+    try:
+        if len(repr(value)) > MAX_ARGS_CHARS:
+            return False, None
+    except (ValueError, RecursionError, MemoryError):
+        return False, None
+    return True, value
 
 
 def _block(code: str, assertion: str) -> str:
