@@ -86,11 +86,13 @@ def test_the_old_distill_precision_key_names_its_new_place():
 
 def test_fp32_keeps_the_step_keys_it_had():
     """The smoke profile (fp32) hashes its steps as before the key moved: no precision key
-    where fp32 resolves, and the distill step's settings are the committed run's `distill:`."""
+    where fp32 resolves, and the distill step's settings are the committed run's `distill:`
+    with its top-level precision, the dict the key hashed when `distill:` held it."""
     assert precision_inputs(resolve_precision("fp32", "cpu")) == {}
     assert precision_inputs(resolve_precision("bf16", "cpu")) == {"precision": "bf16"}
     committed = json.loads((ROOT / "results/smoke/results.json").read_text())["config"]
-    assert distill_settings(load_config("smoke")) == committed["distill"]
+    assert "precision" not in committed["distill"] and committed["precision"] == "fp32"
+    assert distill_settings(load_config("smoke")) == {**committed["distill"], "precision": "fp32"}
 
 
 # -- what the commands write -----------------------------------------------------------------------
