@@ -486,6 +486,15 @@ SECCOMP_PROBES = [
     ("ptrace", "assert libc.ptrace(0, 0, 0, 0) == 0 or fail()"),
     ("TIOCSTI with high bits", "import fcntl\nfcntl.ioctl(0, 0x1_0000_5412, b'x')"),
     ("prctl PR_SET_PDEATHSIG", "assert libc.prctl(1, 0, 0, 0, 0) == 0 or fail()"),
+    ("memfd_create", "os.memfd_create('m')"),
+    ("SysV shared memory", "assert libc.shmget(0, 1 << 20, 0o1600) != -1 or fail()"),
+    ("SysV message queue", "assert libc.msgget(0, 0o1600) != -1 or fail()"),
+    ("POSIX message queue", "assert libc.mq_open(b'/rad-q', 0o100 | 2, 0o600, None) != -1 "
+                            "or fail()"),
+    # x86_64 numbers (statmount 457, listmount 458); bogus arguments: EFAULT/EINVAL/ENOSYS
+    # when allowed, EPERM only when seccomp refuses
+    ("statmount", "assert libc.syscall(457, 0, 0, 0, 0) == 0 or fail()"),
+    ("listmount", "assert libc.syscall(458, 0, 0, 0, 0) == 0 or fail()"),
 ]
 
 
