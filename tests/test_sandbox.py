@@ -28,7 +28,7 @@ from harness.cli import main
 from harness.tasks.humaneval import load_problems
 from harness.tasks.sandbox import ExecLimits, remove_tree, run_program, run_programs
 from harness.tasks.sandbox.check import REASONS
-from harness.tasks.sandbox.isolation import UID_BASE
+from harness.tasks.sandbox.isolation import CGROUP_ROOTS, UID_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ExecLimits(timeout_s=2.0)
@@ -88,7 +88,9 @@ def _sandbox_processes() -> list[int]:
 
 
 def _rad_exec_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("rad-exec-*")}
+    """Scratch folders and cgroups the sandbox made (both are named rad-exec-*)."""
+    roots = [Path(tempfile.gettempdir()), *(Path(r) for r in CGROUP_ROOTS)]
+    return {str(p) for root in roots for p in root.glob("rad-exec-*")}
 
 
 def run_attacks(p0, completions: list[str]) -> list[dict]:
@@ -549,7 +551,9 @@ def test_abandoned_launcher_takes_its_program_with_it(p0, layers):
     while _sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _sandbox_processes() == []
-    sb.remove_cgroup("/sys/fs/cgroup/pids/rad-exec-abandoned")  # what run_program would do
+    for root in CGROUP_ROOTS:  # what run_program does: nothing of it may stay behind
+        assert sb.remove_cgroup(f"{root}/rad-exec-abandoned")
+        assert not os.path.exists(f"{root}/rad-exec-abandoned")
     subprocess.run(["rm", "-rf", job["scratch"]], check=True)
 
 

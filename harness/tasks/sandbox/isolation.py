@@ -29,6 +29,7 @@ import platform
 import resource
 import signal
 import stat
+import time
 from dataclasses import dataclass, field
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -171,15 +172,23 @@ def pids_cgroup(iso: Isolation, name: str, max_pids: int) -> str | None:
     return None
 
 
-def remove_cgroup(path: str | None) -> None:
-    """Kill what is left in the cgroup and remove it (the PID namespace usually did already)."""
+def remove_cgroup(path: str | None, wait_s: float = 2.0) -> bool:
+    """Kill what is left in the cgroup and remove it (the PID namespace usually did already):
+    `cgroup.kill` where the kernel has it (v2), else SIGKILL to each listed process; then wait,
+    sleeping (not spinning), until the killed processes have left and the folder can go, for
+    at most `wait_s`. Returns whether it is gone."""
     if path is None or not os.path.isdir(path):
-        return
-    for _ in range(200):
+        return True
+    try:
+        _write(f"{path}/cgroup.kill", "1")
+    except OSError:
+        pass  # v1, or a kernel before 5.14: kill one by one below
+    deadline, pause = time.monotonic() + wait_s, 0.001
+    while True:
         try:
             pids = [int(p) for p in open(f"{path}/cgroup.procs").read().split()]
         except OSError:
-            return
+            return not os.path.isdir(path)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -187,9 +196,12 @@ def remove_cgroup(path: str | None) -> None:
                 pass
         try:
             os.rmdir(path)
-            return
+            return True
         except OSError:
-            os.sched_yield()
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(pause)  # killed processes take a moment to leave the cgroup
+            pause = min(pause * 2, 0.05)
 
 
 def confine_self(iso: Isolation, limits: Limits, scratch: str, cgroup: str | None,
