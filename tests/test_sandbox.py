@@ -650,3 +650,24 @@ def test_scratch_creation_failure_and_harness_errors_are_per_row(p0, monkeypatch
     monkeypatch.setattr(sandbox, "run_program", broken)
     rows = run_programs([(p0, "boom"), (p0, p0["canonical_solution"])], FAST, workers=1)
     assert [r["result"] for r in rows] == ["the harness failed", "passed"]
+
+
+def test_the_launcher_bounds_what_it_parses(p0):
+    """Answers the trusted launcher would have spent its own time and memory on (no deadline
+    runs while it parses): a set literal of 160,000 ints that all hash to 0 (26 s of launcher
+    CPU before) and a 4 MiB list (2 GB of launcher RSS before) are 'too large to check', each
+    row within its timeout."""
+    attacks = [body("""
+            import json, os, struct, time, __main__
+            text = "{" + ",".join(str((2**61 - 1) * i) for i in range(160_000)) + "}"
+            data = json.dumps({"value": text}).encode()  # the answer, written as the runner would
+            os.write(int(__main__.sys.argv[2]), struct.pack(">I", len(data)) + data)
+            time.sleep(60)"""),
+               body("""
+            return [0] * 200_000"""),
+               body("""
+            return {i: i for i in range(5_000)}""")]
+    t0 = time.monotonic()
+    results = run_attacks(p0, attacks)
+    assert [r["result"] for r in results] == ["returned a value too large to check"] * 3
+    assert time.monotonic() - t0 < len(attacks) * (FAST.timeout_s + 5)

@@ -32,11 +32,19 @@ REASONS = frozenset({
     "the program has no entry point", "returned a value that is not plain data",
     "the program broke the protocol", "the program died", "the program raised an exception",
     "the test failed", "sandbox setup failed", "the harness failed",
+    "returned a value too large to check",
     *(f"the program raised {n}" for n in BUILTIN_ERRORS),
     *(f"the program did not load ({n})" for n in BUILTIN_ERRORS),
     *(f"the test failed ({n})" for n in BUILTIN_ERRORS),
 })
 MAX_MESSAGE = 4 << 20  # bytes: far above any HumanEval value
+# A returned value's literal is parsed by the launcher, which has no deadline of its own while
+# it parses: bound the work. HumanEval's canonical answers reach 180 characters, 51 syntax
+# nodes and 25 elements per collection (measured over all 164); a set of 160,000 ints that
+# all hash to 0 took the launcher 26 s and a 4 MiB list 2 GB before these bounds.
+MAX_ANSWER_CHARS = 64 << 10
+MAX_ANSWER_NODES = 20_000
+MAX_COLLECTION = 4_096  # elements of one set or dict literal (hash collisions are quadratic)
 
 
 class ChannelError(Exception):
@@ -91,10 +99,29 @@ def one_field(msg: dict, allowed: dict[str, type]):
     return key, value
 
 
+class TooLarge(ValueError):
+    """A literal past the bounds above: too large to check, not evaluated."""
+
+
 def literal(text: str):
-    """A value the program returned, as plain data; ValueError where it is anything else."""
+    """A value the program returned, as plain data; ValueError where it is anything else,
+    TooLarge where it passes the bounds (checked on the syntax tree, before any value is
+    built)."""
+    if len(text) > MAX_ANSWER_CHARS:
+        raise TooLarge("too large")
     try:
-        return ast.literal_eval(text)
+        tree = ast.parse(text, mode="eval")
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError("not a literal") from None
+    nodes = 0
+    for node in ast.walk(tree):
+        nodes += 1
+        size = len(node.elts) if isinstance(node, ast.Set) else (
+            len(node.keys) if isinstance(node, ast.Dict) else 0)
+        if nodes > MAX_ANSWER_NODES or size > MAX_COLLECTION:
+            raise TooLarge("too large")
+    try:
+        return ast.literal_eval(tree)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise ValueError("not a literal") from None
 
@@ -124,6 +151,8 @@ class Candidate:
         if key == "value":
             try:
                 return literal(value)
+            except TooLarge:
+                raise Failure("returned a value too large to check") from None
             except ValueError:
                 raise Failure("returned a value that is not plain data") from None
         if key == "invalid":
