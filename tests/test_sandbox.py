@@ -671,3 +671,24 @@ def test_the_launcher_bounds_what_it_parses(p0):
     results = run_attacks(p0, attacks)
     assert [r["result"] for r in results] == ["returned a value too large to check"] * 3
     assert time.monotonic() - t0 < len(attacks) * (FAST.timeout_s + 5)
+
+
+def test_the_watchdog_ends_a_busy_launcher_and_reads_as_timed_out(p0, tmp_path, monkeypatch):
+    """The launcher's SIGALRM watchdog ends it in the middle of one long C call (which holds
+    the GIL: no handler or thread could run), and the harness reads that death as this row's
+    'timed out', within the timeout and not its 20 s slack."""
+    import harness.tasks.sandbox as sb
+
+    busy = ("import sys, time\nsys.path.insert(0, sys.argv[1])\nimport launch\n"
+            "launch.arm_watchdog(0.5)\nsum(range(10**11))  # minutes of C, GIL held\n")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", busy, str(sb.LAUNCHER.parent)])
+    assert proc.returncode == -signal.SIGALRM and time.monotonic() - t0 < 10
+    fake = tmp_path / "launch.py"  # a launcher its watchdog ended before it could answer
+    fake.write_text("import os, signal, sys\nsys.stdin.read()\nos.kill(os.getpid(), "
+                    "signal.SIGALRM)\n")
+    monkeypatch.setattr(sb, "LAUNCHER", fake)
+    t0 = time.monotonic()
+    r = run_program(p0, p0["canonical_solution"], FAST)
+    assert (r["status"], r["result"]) == ("timed out", "timed out")
+    assert time.monotonic() - t0 < FAST.timeout_s + 5

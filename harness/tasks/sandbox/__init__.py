@@ -188,6 +188,8 @@ def _launch(job: dict, task_id: str, limits: ExecLimits) -> dict:
         out, err = proc.communicate(json.dumps(job).encode(),
                                     timeout=limits.timeout_s + LAUNCH_SLACK_S)
         verdict = parse_verdict(out)
+        if verdict is None and proc.returncode == -signal.SIGALRM:  # the launcher's watchdog
+            verdict = {"status": "timed out", "reason": "timed out", "isolation": {}}
         if verdict is None or verdict["reason"] == "sandbox setup failed":
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [
                 f"exit code {proc.returncode}"]

@@ -7,7 +7,8 @@ session of its own, with the job as JSON on stdin:
 The launcher is trusted and stays outside the program: it enters new namespaces itself, forks
 the program's process (PID 1 there), which confines itself (`isolation.confine_self`) and execs
 a fresh interpreter running `runner.py`; the launcher then runs the problem's test against it
-over two private pipes (`check.run_check`) and prints one JSON line on its own stdout, which
+over two private pipes (`check.run_check`), under a SIGALRM watchdog that ends it (and so the
+program) at the deadline whatever it is doing, and prints one JSON line on its own stdout, which
 the program cannot reach: {"status", "reason", "isolation"}.
 
 Stdlib only: it runs with `python -I -S -B` and imports its two siblings by path.
@@ -78,6 +79,18 @@ def _await_exec(setup: int) -> dict:
     raise RuntimeError(more.get("error", "setup protocol"))
 
 
+WATCHDOG_GRACE_S = 1.0  # after the deadline: the check's own Deadline reports "timed out" first
+
+
+def arm_watchdog(seconds: float) -> None:
+    """SIGALRM, at its default action, ends the launcher `seconds` from now whatever its main
+    thread is doing (a parse in C holds the GIL: neither a Python handler nor a thread could
+    run); the program dies with it (its parent-death signal), and the harness reports the
+    launcher's SIGALRM death as "timed out". 0 disarms it."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
 def main() -> None:
     job = json.loads(sys.stdin.read())
     iso = isolation.Isolation()
@@ -111,6 +124,7 @@ def main() -> None:
             layers = dict(iso.layers)
         else:
             deadline = time.monotonic() + job["timeout"]
+            arm_watchdog(job["timeout"] + WATCHDOG_GRACE_S)
             try:
                 check.send(calls_w, {"program": job["program"],
                                      "entry_point": job["problem"]["entry_point"]})
@@ -119,6 +133,8 @@ def main() -> None:
                 reason = "timed out"
             except OSError:
                 reason = "the program died"
+            finally:
+                arm_watchdog(0)
     finally:
         if pid:
             try:
