@@ -172,7 +172,7 @@ def test_compiled_bf16_decode_streams_and_gives_the_eager_tokens(monkeypatch):
     from rad.runtime.decode import generate
     from rad.runtime.static_step import GRAPHS
 
-    model = sharp_teacher().to(torch.bfloat16)
+    model = for_inference(sharp_teacher(), resolve_precision("bf16", "cpu"))  # (a copy: cached)
     ids = random_ids(1, 12, 7)
     mask = torch.ones_like(ids)
     calls = []
