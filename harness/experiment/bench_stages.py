@@ -82,8 +82,8 @@ def gemm_peak(dtype: torch.dtype, repeats: int = 10) -> float:
 
 def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: int,
                 layers: list[int], peak: float, stream: float, repeats: int,
-                ) -> dict[str, tuple[list[float], float]]:
-    """stage -> (tok/s of each run, the limit) at precision `p`."""
+                ) -> dict[tuple[str, str], tuple[list[float], float]]:
+    """(stage, precision label) -> (tok/s of each run, the limit) at precision `p`."""
     batch, seq_len = ids.shape
     n = params(model)
     targets = compute_targets(model, ids, 64, 1.0, batch_size=batch, precision=p)
@@ -107,13 +107,15 @@ def _stage_runs(model: Decoder, p: Precision, ids: torch.Tensor, pairs, pad_id: 
     def targets_pass():  # on the bf16 copy a run makes once (for_inference) per targets pass
         compute_targets(scorer, ids, 64, 1.0, batch_size=batch, precision=p)
 
-    runs = {
-        "targets": (_median_rate(targets_pass, batch * seq_len, repeats), peak / (2 * n)),
-        "distill": (_median_rate(distill_step, batch * seq_len, repeats),
-                    peak / (4 * n + 2 * n_trained)),
-        # a shared context is prefilled once: count it once
-        "likelihood": (_median_rate(likelihood, sum(len(c) for c in {tuple(c) for c, _ in pairs})
-                                    + sum(len(x) for _, x in pairs), repeats), peak / (2 * n)),
+    # a shared likelihood context is prefilled once: count it once
+    scored = (sum(len(c) for c in {tuple(c) for c, _ in pairs})
+              + sum(len(x) for _, x in pairs))
+    runs = {  # (stage, precision label) -> (tok/s of each run, the limit)
+        ("targets", p.resolved): (_median_rate(targets_pass, batch * seq_len, repeats),
+                                  peak / (2 * n)),
+        ("distill", p.resolved): (_median_rate(distill_step, batch * seq_len, repeats),
+                                  peak / (4 * n + 2 * n_trained)),
+        ("likelihood", p.resolved): (_median_rate(likelihood, scored, repeats), peak / (2 * n)),
     }
     decoders = {p.resolved: scorer}  # bf16 weights: half the bytes a step reads
     if p.bf16:  # and the weight-only int8 option: half again
@@ -157,8 +159,7 @@ def bench_stages(model: Decoder, pad_id: int, precisions: Sequence[str], repeats
         progress(f"precision {requested} -> {p.resolved} ({p.reason})")
         runs = _stage_runs(model, p, ids, pairs, pad_id, layers, flops[p.resolved], stream,
                            repeats)
-        for key, (rates, limit) in runs.items():
-            stage, label = key if isinstance(key, tuple) else (key, p.resolved)
+        for (stage, label), (rates, limit) in runs.items():
             tok_s = statistics.median(rates)
             records.append(StageRecord(stage, label, tok_s, rates, limit, tok_s / limit))
             progress(f"  {stage:10s} {label:12s} {tok_s:9.1f} tok/s  "

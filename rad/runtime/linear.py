@@ -41,9 +41,10 @@ def streams_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
     tensor). Why: the CPU's bf16 GEMV (oneDNN and MKL) streams a bf16 weight at ~10 GB/s,
     against ~23 GB/s for fp32, so bf16 batch-1 decode ran 0.9x fp32 although it reads half
     the bytes; inductor turns the multiply-and-sum below into one vectorised reduction that
-    streams the weight at the machine's bandwidth (all of SmolLM2's projections and its head,
-    one compiled graph: 12.4 ms a token against 23.6 ms in fp32, /tmp micro-benchmark on the
-    2-core AMX machine, 2026-12-04)."""
+    streams 60 independent 1536 x 576 bf16 weights at ~35 GB/s (3.1 ms against 10.0 ms for
+    fp32 MKL). Inside the compiled 30-layer step its kernels reach only ~12-14 GB/s (a chain
+    of dependent reductions), so whole-step decode stays at ~1x fp32 (rad bench stages,
+    2-core AMX machine, 2026-12-08): see the README's precision section."""
     return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
             and x.numel() // x.shape[-1] <= STREAMED_MAX_ROWS
             and torch.compiler.is_compiling())
@@ -51,7 +52,7 @@ def streams_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def streamed_matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.t() as an elementwise product summed over the input dimension, accumulated
-    in fp32 (`tests/test_runtime.py::test_streamed_matvec_matches_matmul` holds it to the
+    in fp32 (`tests/test_precision.py::test_streamed_matvec_matches_matmul` holds it to the
     matmul)."""
     # (..., 1, in) * (out, in) -> (..., out, in) -> sum over in -> (..., out)
     return (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
@@ -77,8 +78,8 @@ def int8_weight_only(model: nn.Module) -> nn.Module:
 
 
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (..., in) @ dequantised(q).t() with q (out, in) int8 and scale (out,): torch's CPU and
-    CUDA weight-only int8 kernel; x runs in the scale's dtype (bf16)."""
+    """x (..., in) @ dequantised(q).t() with q (out, in) int8 and scale (out,): torch's CPU
+    weight-only int8 kernel, the dequantised product elsewhere; x runs in the scale's dtype."""
     rows = x.reshape(-1, x.shape[-1]).to(scale.dtype)
     if rows.device.type == "cpu":
         out = torch._weight_int8pack_mm(rows, q, scale)
